@@ -1,0 +1,180 @@
+"""Training samples from cached volumes: 2D slices or 3D patches, one batch per optimiser step.
+
+Every batch is a pure function of ``(seed, rank, stream, step)``: the sampler draws the cases/slices of step
+``s`` and the augmentation seeds from ``numpy.random.default_rng([seed, rank, stream, s])``. So a run resumed
+at step ``s`` sees exactly the batches the uninterrupted run would have seen, DDP ranks see different data
+without a distributed sampler, and loader workers need no seeding of their own.
+
+The labeled stream and the unlabeled stream are two :class:`StepSampler` objects; :class:`TrainBatches`
+zips them into ``{"labeled": {...}, "unlabeled": {...} | None}`` for the methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import CacheDataset, Dataset, PersistentDataset
+from monai.data.meta_tensor import MetaTensor
+from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
+
+from medcl.data.dataset import Case
+
+_MAX_SEED = 2**31 - 1
+
+
+def case_items(cases: Sequence[Case], *, with_label: bool) -> list[dict[str, Any]]:
+    """MONAI data dicts (``image``: path or list of channel paths, ``label``) for a list of cases."""
+    items = []
+    for case in cases:
+        images = [str(p) for p in case.images]
+        item: dict[str, Any] = {"image": images[0] if len(images) == 1 else images, "case_id": case.id}
+        if with_label:
+            item["label"] = str(case.label)
+        items.append(item)
+    return items
+
+
+def preprocess_volumes(
+    cases: Sequence[Case],
+    transform: Callable,
+    *,
+    with_label: bool,
+    cache: str = "memory",
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+    num_workers: int = 2,
+) -> list[dict[str, Any]]:
+    """Run the deterministic pipeline once per case and return the results.
+
+    ``cache="memory"`` uses MONAI's ``CacheDataset`` (threads, progress bar); ``"disk"`` uses
+    ``PersistentDataset`` so a second run skips the work; ``"none"`` reloads at each call.
+    """
+    items = case_items(cases, with_label=with_label)
+    if not items:
+        return []
+    if cache == "disk":
+        if cache_dir is None:
+            raise ValueError("cache='disk' needs a cache_dir")
+        ds: Dataset = PersistentDataset(items, transform=transform, cache_dir=str(cache_dir))
+    elif cache == "memory":
+        ds = CacheDataset(
+            items,
+            transform=transform,
+            cache_rate=1.0,
+            num_workers=num_workers,
+            progress=progress,
+            copy_cache=False,
+        )
+    else:
+        ds = Dataset(items, transform=transform)
+    return [ds[i] for i in range(len(ds))]
+
+
+def _plain(x: Any) -> Any:
+    """Drop MONAI metadata from a tensor (metadata tracking costs time on every op of the hot path)."""
+    return x.as_tensor() if isinstance(x, MetaTensor) else x
+
+
+@dataclass
+class StepSampler:
+    """Draws ``batch_size`` samples for a given step from preprocessed volumes.
+
+    Args:
+        volumes: preprocessed cases, each ``{"image": (C, X, Y, Z), "label": (1, X, Y, Z)?}``.
+        transform: random per-sample transform (see :func:`medcl.data.transforms.sample_transforms`).
+        batch_size: samples per step.
+        spatial_dims: 2 samples a slice along ``slice_axis``; 3 passes the whole volume to ``transform``
+            (which crops a patch).
+        slice_axis: spatial axis (0, 1, 2) of the slices, for 2D.
+        stream: distinguishes the random streams of one run (labeled 0, unlabeled 1, ...).
+    """
+
+    volumes: list[dict[str, Any]]
+    transform: Callable
+    batch_size: int
+    spatial_dims: int = 2
+    slice_axis: int = 2
+    stream: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.volumes:
+            raise ValueError("StepSampler needs at least one volume")
+        keys = [k for k in ("image", "label") if k in self.volumes[0]]
+        self.keys = keys
+        # Plain tensors for fast slicing; the metadata is not needed for training samples.
+        self._arrays = [{k: _plain(v[k]) for k in keys} for v in self.volumes]
+        if self.spatial_dims == 2:
+            depth = [a["image"].shape[1 + self.slice_axis] for a in self._arrays]
+            # (volume index, slice index) for every slice: slices are drawn uniformly over the dataset.
+            self.index = np.array([(v, s) for v, n in enumerate(depth) for s in range(n)], dtype=np.int64)
+        else:
+            self.index = np.array([(v, -1) for v in range(len(self._arrays))], dtype=np.int64)
+
+    def sample(self, seed: int, rank: int, step: int) -> dict[str, torch.Tensor]:
+        """The batch of ``step``: ``image`` (B, C, *patch), ``label`` (B, 1, *patch) if labeled."""
+        rng = np.random.default_rng([seed, rank, self.stream, step])
+        picks = rng.integers(0, len(self.index), size=self.batch_size)
+        seeds = rng.integers(0, _MAX_SEED, size=self.batch_size)
+        out: dict[str, list[torch.Tensor]] = {k: [] for k in self.keys}
+        for pick, sample_seed in zip(picks, seeds, strict=True):
+            vol, sl = self.index[pick]
+            arrays = self._arrays[vol]
+            if self.spatial_dims == 2:
+                item = {k: arrays[k].select(1 + self.slice_axis, int(sl)) for k in self.keys}
+            else:
+                item = dict(arrays)
+            self.transform.set_random_state(seed=int(sample_seed))
+            result = self.transform(item)
+            if isinstance(result, list):  # RandCropByPosNegLabeld returns a list of samples
+                result = result[0]
+            for k in self.keys:
+                out[k].append(_plain(torch.as_tensor(result[k])))
+        batch = {k: torch.stack(v) for k, v in out.items()}
+        batch["image"] = batch["image"].float()
+        if "label" in batch:
+            batch["label"] = batch["label"].long()
+        return batch
+
+
+class TrainBatches(TorchDataset):
+    """Map-style dataset whose item ``s`` is the whole (labeled, unlabeled) batch of step ``s``."""
+
+    def __init__(self, labeled: StepSampler, unlabeled: StepSampler | None, *, seed: int, rank: int = 0):
+        self.labeled = labeled
+        self.unlabeled = unlabeled
+        self.seed = seed
+        self.rank = rank
+
+    def __len__(self) -> int:
+        return 2**62
+
+    def __getitem__(self, step: int) -> dict[str, Any]:
+        return {
+            "labeled": self.labeled.sample(self.seed, self.rank, step),
+            "unlabeled": None
+            if self.unlabeled is None
+            else self.unlabeled.sample(self.seed, self.rank, step),
+        }
+
+
+def _collate_none(batch: Any) -> Any:
+    return batch
+
+
+def step_loader(batches: TrainBatches, start: int, stop: int, num_workers: int) -> DataLoader:
+    """Loader yielding the batches of steps ``start .. stop-1`` in order, prefetched by workers."""
+    return DataLoader(
+        batches,
+        batch_size=None,
+        sampler=range(start, stop),
+        num_workers=num_workers,
+        collate_fn=_collate_none,
+        persistent_workers=False,
+        prefetch_factor=4 if num_workers > 0 else None,
+    )

@@ -1,0 +1,488 @@
+"""Open every file of a dataset and report what would break training or silently degrade it.
+
+Errors (training would crash or learn from wrong data): unreadable or truncated file, an image that is not
+3D, NaN/Inf intensities, label values missing from ``dataset.json``, non-integer label values, image and label
+(or two channels) of different shape or spacing. Warnings (worth a look, often fine): direction or origin that
+differ between image and label, spacing anisotropy above 3, oblique direction, orientation different from the
+rest of the dataset, a label volume with only background.
+
+Geometry is compared on RAS affines: nibabel's for NIfTI, and SimpleITK's LPS direction/origin/spacing
+converted to RAS (x and y negated) for NRRD and MetaImage, so the two agree for the same volume.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import nibabel as nib
+import numpy as np
+import SimpleITK as sitk
+from tqdm import tqdm
+
+from medcl.data.dataset import Case, DatasetInfo
+from medcl.errors import DataError
+
+ANISOTROPY_WARNING = 3.0  # largest / smallest spacing above which a case gets a warning
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+@dataclass
+class Problem:
+    """One finding about one file of one case."""
+
+    case: str
+    file: Path | None
+    severity: Literal["error", "warning"]
+    message: str
+
+
+@dataclass
+class CaseReport:
+    """What was found in one case.
+
+    Attributes:
+        case: Case id.
+        shape: 3D shape of the first readable image channel, ``None`` if none could be read.
+        spacing: Voxel size in mm along each array axis, from that channel's affine.
+        labels_found: Integer values present in the label volume (empty for unlabeled cases).
+        problems: Errors and warnings, in the order found.
+        orientation: Axis codes of the image (``"RAS"``), used to compare a case with the dataset majority.
+    """
+
+    case: str
+    shape: tuple[int, ...] | None
+    spacing: tuple[float, ...] | None
+    labels_found: list[int]
+    problems: list[Problem] = field(default_factory=list)
+    orientation: str | None = None
+
+    @property
+    def errors(self) -> list[Problem]:
+        """The problems of severity ``"error"``."""
+        return [p for p in self.problems if p.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        """The problems of severity ``"warning"``."""
+        return [p for p in self.problems if p.severity == "warning"]
+
+
+def read_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read an image or label file into an array indexed like nibabel's and a 4x4 RAS affine.
+
+    NIfTI is read with nibabel; NRRD/MetaImage with SimpleITK, whose ``(z, y, x)`` array is transposed to
+    ``(x, y, z)`` and whose LPS geometry is converted to RAS. Multi-component pixels stay on the last axis.
+
+    Args:
+        path: The file.
+
+    Returns:
+        ``(array, affine)``; the array keeps the file's dtype (scaled NIfTI data comes back as float).
+
+    Raises:
+        DataError: The file is missing, unreadable, corrupt or truncated; the message names the file and the
+            underlying reason.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"Image file {path} does not exist.")
+    name = path.name.lower()
+    try:
+        if name.endswith((".nii", ".nii.gz")):
+            image = nib.load(str(path), mmap=False)
+            array = np.asarray(image.dataobj)
+            affine = np.asarray(image.affine, dtype=np.float64)
+        else:
+            image = sitk.ReadImage(str(path))
+            array, affine = _sitk_array(image), _sitk_affine(image)
+    except Exception as err:  # nibabel/zlib/SimpleITK raise many types for a bad file
+        raise DataError(f"Cannot read {path}: {_reason(err)}.") from err
+    return array, affine
+
+
+def check_case(case: Case, info: DatasetInfo, *, atol: float = 1e-3) -> CaseReport:
+    """Read every file of a case and check it (see the module docstring for the list of checks).
+
+    Args:
+        case: The case.
+        info: Its dataset (for the allowed label values).
+        atol: Tolerance, in mm, when comparing spacing, direction and origin.
+
+    Returns:
+        The case report; an unreadable file is a problem in it, never an exception.
+    """
+    report = CaseReport(case=case.id, shape=None, spacing=None, labels_found=[])
+
+    def add(path: Path | None, severity: Literal["error", "warning"], message: str) -> None:
+        report.problems.append(Problem(case=case.id, file=path, severity=severity, message=message))
+
+    reference: tuple[Path, np.ndarray, np.ndarray] | None = None  # (path, shape, affine) of the 1st channel
+    for channel, path in enumerate(case.images):
+        volume = _read_3d(path, "image", add)
+        if volume is None:
+            continue
+        array, affine = volume
+        if np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.complexfloating):
+            n_nan, n_inf = int(np.isnan(array).sum()), int(np.isinf(array).sum())
+            if n_nan or n_inf:
+                add(path, "error", f"image has {n_nan} NaN and {n_inf} Inf voxels (of {array.size}).")
+        if reference is None:
+            reference = (path, np.asarray(array.shape), affine)
+            report.shape = tuple(int(s) for s in array.shape)
+            report.spacing = tuple(float(s) for s in _spacing(affine))
+            report.orientation = _axcodes(affine)
+            _check_geometry_alone(affine, path, add)
+        else:
+            _compare(reference, path, array.shape, affine, f"channel {channel}", "channel 0", atol, add)
+
+    if case.label is not None:
+        volume = _read_3d(case.label, "label", add)
+        if volume is not None:
+            array, affine = volume
+            report.labels_found = _check_label_values(array, case.label, info, add)
+            if reference is not None:
+                _compare(reference, case.label, array.shape, affine, "label", "image", atol, add)
+    return report
+
+
+def check_dataset(info: DatasetInfo, *, progress: bool = True, workers: int = 1) -> list[CaseReport]:
+    """Check every case, labeled and unlabeled, then compare orientations across the dataset.
+
+    Args:
+        info: The dataset.
+        progress: Show a tqdm progress bar on stderr.
+        workers: Cases read in parallel (threads); decompression releases the GIL, so 4-8 helps on big
+            volumes.
+
+    Returns:
+        One report per case, labeled cases first, each group in id order.
+    """
+    cases = list(info.cases) + list(info.unlabeled)
+    bar = tqdm(total=len(cases), desc=f"checking {info.name}", unit="case", disable=not progress)
+    with bar:
+        if workers <= 1:
+            reports = []
+            for case in cases:
+                reports.append(check_case(case, info))
+                bar.update()
+        else:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                futures = [pool.submit(check_case, case, info) for case in cases]
+                reports = []
+                for future in futures:
+                    reports.append(future.result())
+                    bar.update()
+    _check_orientations(reports, cases)
+    return reports
+
+
+def format_report(reports: Sequence[CaseReport], info: DatasetInfo) -> str:
+    """The table printed by ``medcl data check``: one line per problem, then a summary line.
+
+    Args:
+        reports: The case reports.
+        info: Their dataset; file paths inside it are shown relative to its folder.
+
+    Returns:
+        The text, without a trailing newline.
+    """
+    rows = []
+    for report in reports:
+        for problem in report.problems:
+            rows.append(
+                (problem.case, problem.severity, _display_path(problem.file, info.root), problem.message)
+            )
+    lines = []
+    if rows:
+        header = ("case", "severity", "file", "message")
+        widths = [max(len(row[i]) for row in [header, *rows]) for i in range(3)]
+        for row in [header, *rows]:
+            lines.append(
+                "  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True))
+                + "  "
+                + row[3]
+            )
+    n_errors, n_warnings = _counts(reports)
+    lines.append(f"{len(reports)} cases checked: {n_errors} errors, {n_warnings} warnings")
+    return "\n".join(lines)
+
+
+def reports_to_dict(reports: Sequence[CaseReport], info: DatasetInfo) -> dict[str, Any]:
+    """JSON-ready form of the reports (what ``medcl data check --json`` writes).
+
+    Args:
+        reports: The case reports.
+        info: Their dataset.
+
+    Returns:
+        ``{"dataset", "name", "cases_checked", "errors", "warnings", "cases": [...]}`` with full file paths.
+    """
+    n_errors, n_warnings = _counts(reports)
+    return {
+        "dataset": str(info.root),
+        "name": info.name,
+        "cases_checked": len(reports),
+        "errors": n_errors,
+        "warnings": n_warnings,
+        "cases": [
+            {
+                "case": r.case,
+                "shape": list(r.shape) if r.shape is not None else None,
+                "spacing": list(r.spacing) if r.spacing is not None else None,
+                "orientation": r.orientation,
+                "labels_found": r.labels_found,
+                "problems": [
+                    {
+                        "severity": p.severity,
+                        "file": str(p.file) if p.file is not None else None,
+                        "message": p.message,
+                    }
+                    for p in r.problems
+                ],
+            }
+            for r in reports
+        ],
+    }
+
+
+def write_report_json(reports: Sequence[CaseReport], info: DatasetInfo, path: str | Path) -> None:
+    """Write :func:`reports_to_dict` to ``path`` (its folder is created if needed).
+
+    Raises:
+        DataError: The file cannot be written.
+    """
+    path = Path(path).expanduser()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(reports_to_dict(reports, info), indent=1) + "\n", encoding="utf-8")
+    except OSError as err:
+        raise DataError(f"Cannot write report {path}: {err.strerror or err}.") from err
+
+
+# ---------------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _sitk_array(image: sitk.Image) -> np.ndarray:
+    """SimpleITK array ``(z, y, x[, c])`` reordered to ``(x, y, z[, c])``."""
+    array = sitk.GetArrayFromImage(image)
+    dim = image.GetDimension()
+    order = tuple(reversed(range(dim))) + tuple(range(dim, array.ndim))
+    return np.ascontiguousarray(array.transpose(order))
+
+
+def _sitk_affine(image: sitk.Image) -> np.ndarray:
+    """4x4 RAS affine from SimpleITK's LPS geometry; axes beyond the third are ignored, missing ones are unit."""
+    dim = image.GetDimension()
+    k = min(dim, 3)
+    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(dim, dim)[:k, :k]
+    spacing = np.asarray(image.GetSpacing(), dtype=np.float64)[:k]
+    affine = np.eye(4)
+    affine[:k, :k] = direction * spacing[None, :]
+    affine[:k, 3] = np.asarray(image.GetOrigin(), dtype=np.float64)[:k]
+    return _LPS_TO_RAS @ affine
+
+
+def _reason(err: BaseException) -> str:
+    """First line of an exception's message, with its type (``... (EOFError)``)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    text = lines[0]
+    if text.startswith("Exception thrown in SimpleITK") and len(lines) > 1:
+        # SimpleITK's first line is a source location; then comes ITK's message, its last line the cause.
+        inner = [
+            re.sub(r"^(s?itk::ERROR:|ITK ERROR:)\s*(\w+\(0x[0-9a-fA-F]+\):\s*)?", "", x) for x in lines[1:]
+        ]
+        text = inner[0] if len(inner) == 1 else f"{inner[0]} {inner[-1]}"
+    return f"{text} ({type(err).__name__})"
+
+
+def _axcodes(affine: np.ndarray) -> str | None:
+    """Orientation code such as ``"RAS"`` (closest axes for an oblique affine); None if degenerate."""
+    if not np.all(np.isfinite(affine)) or np.any(_spacing(affine) <= 0):
+        return None
+    codes = nib.aff2axcodes(affine)
+    return None if None in codes else "".join(codes)
+
+
+def _spacing(affine: np.ndarray) -> np.ndarray:
+    return np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+
+
+def _direction(affine: np.ndarray) -> np.ndarray:
+    spacing = _spacing(affine)
+    return affine[:3, :3] / np.where(spacing > 0, spacing, 1.0)[None, :]
+
+
+def _fmt(values: Iterable[float]) -> str:
+    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
+
+
+def _read_3d(path: Path, kind: str, add: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """Read a file and reduce it to 3D (trailing singleton axes dropped); report and return None if it fails."""
+    try:
+        array, affine = read_volume(path)
+    except DataError as err:
+        # The table already shows the file, so the message gives only the reason.
+        reason = _reason(err.__cause__) if err.__cause__ is not None else "file does not exist"
+        add(path, "error", f"cannot read {kind} file: {reason}.")
+        return None
+    shape = array.shape
+    while array.ndim > 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim != 3:
+        hint = (
+            "; put each channel in its own file (CASE_0000, CASE_0001, ...)"
+            if array.ndim > 3 and kind == "image"
+            else ""
+        )
+        add(path, "error", f"{kind} is {len(shape)}D with shape {tuple(shape)}; expected a 3D volume{hint}.")
+        return None
+    return array, affine
+
+
+def _check_geometry_alone(affine: np.ndarray, path: Path, add: Any) -> None:
+    spacing = _spacing(affine)
+    if np.any(spacing <= 0) or not np.all(np.isfinite(affine)):
+        add(path, "error", f"affine is degenerate (voxel size {_fmt(spacing)}).")
+        return
+    ratio = float(spacing.max() / spacing.min())
+    if ratio > ANISOTROPY_WARNING:
+        add(
+            path,
+            "warning",
+            f"spacing {_fmt(spacing)} is anisotropic (ratio {ratio:.1f} > {ANISOTROPY_WARNING:g}); "
+            "consider 2D training or resampling.",
+        )
+    direction = np.abs(_direction(affine))
+    if np.any(direction.max(axis=0) < 1 - 1e-3):
+        add(path, "warning", "direction is oblique (axes not aligned with the scanner axes).")
+
+
+def _compare(
+    reference: tuple[Path, np.ndarray, np.ndarray],
+    path: Path,
+    shape: tuple[int, ...],
+    affine: np.ndarray,
+    what: str,
+    against: str,
+    atol: float,
+    add: Any,
+) -> None:
+    """Shape and geometry of ``path`` against the reference file (the first image channel)."""
+    _, ref_shape, ref_affine = reference
+    if tuple(shape) != tuple(int(s) for s in ref_shape):
+        add(
+            path,
+            "error",
+            f"{what} shape {tuple(shape)} differs from {against} shape {tuple(int(s) for s in ref_shape)}.",
+        )
+        return
+    ref_spacing, spacing = _spacing(ref_affine), _spacing(affine)
+    if not np.allclose(spacing, ref_spacing, rtol=0, atol=atol):
+        add(
+            path,
+            "error",
+            f"{what} spacing {_fmt(spacing)} differs from {against} spacing {_fmt(ref_spacing)}.",
+        )
+        return
+    if not np.allclose(_direction(affine), _direction(ref_affine), rtol=0, atol=atol):
+        add(
+            path,
+            "warning",
+            f"{what} direction {_axcodes(affine)} differs from {against} direction {_axcodes(ref_affine)} "
+            "(or is rotated relative to it).",
+        )
+    shift = float(np.linalg.norm(affine[:3, 3] - ref_affine[:3, 3]))
+    if shift > atol:
+        add(
+            path,
+            "warning",
+            f"{what} origin {_fmt(affine[:3, 3])} differs from {against} origin {_fmt(ref_affine[:3, 3])} "
+            f"by {shift:.3g} mm.",
+        )
+
+
+def _check_label_values(array: np.ndarray, path: Path, info: DatasetInfo, add: Any) -> list[int]:
+    """Check label values against dataset.json; returns the integer values present."""
+    if np.issubdtype(array.dtype, np.floating):
+        finite = np.isfinite(array)
+        if not finite.all():
+            add(path, "error", f"label has {int((~finite).sum())} NaN/Inf voxels.")
+            array = np.where(finite, array, 0)
+        values = np.unique(array)
+        fractional = values[values != np.round(values)]
+        if fractional.size:
+            shown = ", ".join(f"{v:g}" for v in fractional[:5])
+            add(
+                path,
+                "error",
+                f"label has {fractional.size} non-integer value(s) ({shown}{', ...' if fractional.size > 5 else ''}); "
+                "labels must be integer class values.",
+            )
+            values = values[values == np.round(values)]
+    elif np.issubdtype(array.dtype, np.integer) or array.dtype == bool:
+        low, high = (int(array.min()), int(array.max())) if array.size else (0, 0)
+        if 0 <= low and high < 65536:  # bincount is much faster than unique's sort on large volumes
+            values = np.flatnonzero(np.bincount(array.ravel().astype(np.intp, copy=False), minlength=1))
+        else:
+            values = np.unique(array)
+    else:
+        add(path, "error", f"label has dtype {array.dtype}; labels must be integer class values.")
+        return []
+    found = [int(v) for v in values]
+    unexpected = [v for v in found if v not in info.labels]
+    if unexpected:
+        add(
+            path,
+            "error",
+            f"label values {unexpected} are not in dataset.json labels {sorted(info.labels)}.",
+        )
+    if found == [0]:
+        add(path, "warning", "label contains only background (0).")
+    return found
+
+
+def _check_orientations(reports: list[CaseReport], cases: list[Case]) -> None:
+    """Warn for cases whose orientation differs from the dataset majority."""
+    counts = Counter(r.orientation for r in reports if r.orientation is not None)
+    if len(counts) < 2:
+        return
+    majority, n_majority = counts.most_common(1)[0]
+    total = sum(counts.values())
+    for report, case in zip(reports, cases, strict=True):
+        if report.orientation is not None and report.orientation != majority:
+            report.problems.append(
+                Problem(
+                    case=report.case,
+                    file=case.images[0],
+                    severity="warning",
+                    message=(
+                        f"orientation {report.orientation} differs from the dataset majority {majority} "
+                        f"({n_majority} of {total} cases)."
+                    ),
+                )
+            )
+
+
+def _counts(reports: Sequence[CaseReport]) -> tuple[int, int]:
+    n_errors = sum(len(r.errors) for r in reports)
+    n_warnings = sum(len(r.warnings) for r in reports)
+    return n_errors, n_warnings
+
+
+def _display_path(path: Path | None, root: Path) -> str:
+    if path is None:
+        return "-"
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return str(path)

@@ -1,0 +1,47 @@
+"""Optimiser and learning-rate schedule from the ``optim`` config section."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from medcl.config import OptimConfig
+
+
+def build_optimizer(groups: list[dict[str, Any]], cfg: OptimConfig) -> torch.optim.Optimizer:
+    """AdamW, Adam or SGD over parameter groups (a group may carry its own ``lr``)."""
+    if cfg.name == "sgd":
+        return torch.optim.SGD(
+            groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
+        )
+    cls = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
+    return cls(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(step: int, total: int, cfg: OptimConfig) -> float:
+    """Multiplier of the base learning rate at ``step`` (0-based) of ``total`` steps.
+
+    Linear warm-up over ``warmup_steps``, then ``poly``: ``(1 - t) ** poly_power`` (nnU-Net, SSL4MIS),
+    ``cosine``: ``(1 + cos(pi t)) / 2``, or ``constant``, with ``t`` going from 0 to 1 after warm-up.
+    """
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return float(step + 1) / cfg.warmup_steps
+    t = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+    if cfg.schedule == "poly":
+        return float((1.0 - t) ** cfg.poly_power)
+    if cfg.schedule == "cosine":
+        return float(0.5 * (1.0 + math.cos(math.pi * t)))
+    return 1.0
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, total: int, cfg: OptimConfig
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A ``LambdaLR`` applying :func:`lr_factor`; stepped once per optimiser step."""
+
+    def factor(step: int) -> float:
+        return lr_factor(step, total, cfg)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -1,0 +1,274 @@
+"""Assemble and run one training job from a config: data, splits, method, tracking, trainer.
+
+:func:`train` is what ``medcl train`` calls and what workflows call programmatically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.utils import set_determinism
+
+from medcl.config import Config, build_config, flatten
+from medcl.data.dataset import DatasetInfo, load_dataset
+from medcl.data.sampling import StepSampler, TrainBatches, preprocess_volumes
+from medcl.data.splits import Splits, make_splits
+from medcl.data.transforms import resolve_modality, sample_transforms, volume_transforms
+from medcl.engine import distributed as dist
+from medcl.engine.checkpoint import load_checkpoint
+from medcl.engine.trainer import Trainer, TrainResult, resolve_device
+from medcl.errors import ConfigError, MedclError
+from medcl.methods import DataSpec, build_method
+from medcl.tracking.mlflow_tracking import MlflowTracker, NullTracker, resolve_store
+
+log = logging.getLogger(__name__)
+
+
+def data_spec(cfg: Config, info: DatasetInfo) -> DataSpec:
+    """Channels, classes and patch size of a run."""
+    first = info.cases[0] if info.cases else info.unlabeled[0]
+    return DataSpec(
+        in_channels=len(first.images),
+        num_classes=info.num_classes,
+        class_names=tuple(info.class_names),
+        spatial_dims=cfg.data.spatial_dims,
+        patch_size=tuple(cfg.data.patch_size),
+    )
+
+
+def default_splits(info: DatasetInfo, seed: int) -> Splits:
+    """80% labeled / 20% validation of the labeled cases when the user gave no splits file."""
+    n = len(info.cases)
+    if n < 2:
+        raise MedclError(
+            f"{info.root} has {n} labeled case(s); training needs at least 2 (one for validation)"
+        )
+    val = max(1, round(0.2 * n))
+    return make_splits(info, labeled=n - val, val=val, seed=seed)
+
+
+def find_resume_checkpoint(resume: str, output: str | Path) -> Path:
+    """``--resume`` value -> a ``last.pt``: a checkpoint file, a run folder, or ``auto`` (newest under output)."""
+    if resume == "auto":
+        candidates = sorted(Path(output).glob("runs/*/checkpoints/last.pt"), key=lambda p: p.stat().st_mtime)
+        if not candidates:
+            raise MedclError(
+                f"--resume: no run with a last.pt checkpoint under {Path(output).resolve()}/runs"
+            )
+        return candidates[-1]
+    path = Path(resume)
+    if path.is_dir():
+        path = path / "checkpoints" / "last.pt" if (path / "checkpoints").is_dir() else path / "last.pt"
+    if not path.is_file():
+        raise MedclError(f"--resume: checkpoint not found: {path}")
+    return path
+
+
+def resolve_checkpoint_source(source: str, cfg: Config) -> Path:
+    """A checkpoint path from a file path, an MLflow run id or a ``runs:/<id>/<path>`` URI."""
+    path = Path(source)
+    if path.is_file():
+        return path
+    if path.is_dir() and (path / "checkpoints" / "best.pt").is_file():
+        return path / "checkpoints" / "best.pt"
+    import mlflow
+
+    uri, _ = resolve_store(cfg.tracking.uri, cfg.output)
+    mlflow.set_tracking_uri(uri)
+    artifact = source if source.startswith("runs:/") else f"runs:/{source}/checkpoints/best.pt"
+    try:
+        return Path(mlflow.artifacts.download_artifacts(artifact))
+    except Exception as exc:
+        raise MedclError(
+            f"--init {source}: not a checkpoint file and not found in MLflow store {uri} ({exc})"
+        ) from None
+
+
+def init_weights(method: torch.nn.Module, source: str, cfg: Config) -> int:
+    """Copy every weight of a checkpoint whose name and shape match into ``method``; return how many."""
+    state = load_checkpoint(resolve_checkpoint_source(source, cfg))["model"]
+    own = method.state_dict()
+    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not matched:
+        raise MedclError(
+            f"--init {source}: no weight of that checkpoint matches this model (different architecture?)"
+        )
+    method.load_state_dict(matched, strict=False)
+    log.info("initialised %d of %d tensors from %s", len(matched), len(own), source)
+    return len(matched)
+
+
+def _new_run_name(cfg: Config, info: DatasetInfo) -> str:
+    return cfg.tracking.run_name or f"{cfg.method_name}-{info.name}-{time.strftime('%Y%m%d-%H%M%S')}".replace(
+        " ", "_"
+    )
+
+
+def train(
+    cfg: Config,
+    *,
+    resume: str | None = None,
+    progress: bool = True,
+    tags: dict[str, str] | None = None,
+) -> TrainResult:
+    """Run (or resume) one training job and return its result.
+
+    Args:
+        cfg: validated config with ``data.path`` set (``data.splits`` optional: 80/20 split by seed).
+        resume: ``auto``, a run folder or a ``last.pt``; the checkpoint's own config is used.
+        progress: tqdm progress bars.
+        tags: extra MLflow run tags.
+    """
+    resume_path: Path | None = None
+    resume_state: dict[str, Any] | None = None
+    if resume:
+        resume_path = find_resume_checkpoint(resume, cfg.output)
+        resume_state = load_checkpoint(resume_path)
+        cfg = build_config(resume_state["config"], source=f"config stored in {resume_path}")
+        print(f"resuming {resume_path} at step {resume_state['step']} of {cfg.train.steps}")
+    if not cfg.data.path:
+        raise ConfigError("no dataset given: pass --data DIR (or set data.path in the config)")
+    device = resolve_device(cfg.train.device)
+    dist.init_from_env(device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    set_determinism(seed=cfg.train.seed + dist.rank())
+
+    info = load_dataset(cfg.data.path, unlabeled_dir=cfg.data.unlabeled_dir)
+    if cfg.data.splits:
+        splits = Splits.load(cfg.data.splits)
+        splits.check_against(info)
+    else:
+        splits = default_splits(info, cfg.train.seed)
+    if not splits.labeled:
+        raise MedclError(f"the splits file {cfg.data.splits} has no labeled cases to train on")
+    spec = data_spec(cfg, info)
+    method = build_method(cfg, spec)
+    if cfg.init and resume_state is None:
+        init_weights(method, cfg.init, cfg)
+
+    # Run folder and tracking (rank 0 only); the run name is broadcast so all ranks agree.
+    if resume_path is not None:
+        run_dir = resume_path.parent.parent
+    else:
+        run_dir = Path(cfg.output).resolve() / "runs" / dist.broadcast_object(_new_run_name(cfg, info))
+        if dist.is_main() and (run_dir / "checkpoints").exists():
+            raise MedclError(
+                f"run folder {run_dir} already has checkpoints; continue it with --resume {run_dir} "
+                "or choose another tracking.run_name"
+            )
+    tracker: Any = NullTracker()
+    if dist.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        uri, artifact_root = resolve_store(cfg.tracking.uri, cfg.output)
+        print(f"MLflow tracking store: {uri}")
+        tracker = MlflowTracker(uri, artifact_root, cfg.tracking.experiment)
+        tracker.start(
+            run_name=run_dir.name,
+            run_id=(resume_state or {}).get("mlflow_run_id"),
+            tags={"medcl.method": cfg.method_name, "medcl.dataset": info.name, **(tags or {})},
+            system_metrics=cfg.tracking.system_metrics,
+        )
+        if resume_state is None:
+            params = flatten(cfg.model_dump(mode="json"))
+            params.update(
+                {
+                    "data.dataset": info.name,
+                    "data.n_labeled": len(splits.labeled),
+                    "data.n_unlabeled": len(splits.unlabeled),
+                    "data.n_val": len(splits.val),
+                    "data.world_size": dist.world_size(),
+                }
+            )
+            tracker.log_params(params)
+            tracker.log_dict(cfg.model_dump(mode="json"), "config/resolved_config.json")
+            tracker.log_dict(splits.to_dict(), "config/splits.json")
+            (run_dir / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=1))
+            splits.save(run_dir / "splits.json")
+
+    # Data: preprocess once, then sample slices/patches per step.
+    modality = resolve_modality(cfg.data, info.modality)
+    cache_dir = cfg.data.cache_dir or str(Path(cfg.output).resolve() / "cache")
+    common = dict(cache=cfg.data.cache, cache_dir=cache_dir, progress=progress and dist.is_main())
+    labeled_cases = [info.case(i) for i in splits.labeled]
+    vols = preprocess_volumes(
+        labeled_cases, volume_transforms(cfg.data, modality, with_label=True), with_label=True, **common
+    )
+    pos = cfg.data.pos_fraction if cfg.data.spatial_dims == 3 else None
+    labeled = StepSampler(
+        vols,
+        sample_transforms(cfg.data.augment, cfg.data.patch_size, with_label=True, pos_fraction=pos),
+        cfg.data.batch_size,
+        spatial_dims=cfg.data.spatial_dims,
+        slice_axis=cfg.data.slice_axis,
+        stream=0,
+    )
+    unlabeled = None
+    if method.uses_unlabeled and splits.unlabeled and cfg.data.unlabeled_batch_size > 0:
+        ucases = [info.case(i) for i in splits.unlabeled]
+        uvols = preprocess_volumes(
+            ucases, volume_transforms(cfg.data, modality, with_label=False), with_label=False, **common
+        )
+        unlabeled = StepSampler(
+            uvols,
+            sample_transforms(cfg.data.augment, cfg.data.patch_size, with_label=False),
+            cfg.data.unlabeled_batch_size,
+            spatial_dims=cfg.data.spatial_dims,
+            slice_axis=cfg.data.slice_axis,
+            stream=1,
+        )
+    val_vols: list[dict[str, Any]] = []
+    if dist.is_main() and splits.val:
+        val_cases = [info.case(i) for i in splits.val]
+        val_vols = preprocess_volumes(
+            val_cases, volume_transforms(cfg.data, modality, with_label=True), with_label=True, **common
+        )
+
+    batches = TrainBatches(labeled, unlabeled, seed=cfg.train.seed, rank=dist.rank())
+    trainer = Trainer(cfg, method, spec, batches, val_vols, run_dir, tracker=tracker, progress=progress)
+    if resume_path is not None:
+        trainer.load(resume_path)
+    status = "FAILED"
+    try:
+        result = trainer.fit()
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        if status != "FINISHED":
+            tracker.end(status)
+            dist.cleanup()
+    if dist.is_main():
+        _log_final(tracker, trainer, result, spec)
+        tracker.end("FINISHED")
+    dist.cleanup()
+    return result
+
+
+def _log_final(tracker: Any, trainer: Trainer, result: TrainResult, spec: DataSpec) -> None:
+    """Best checkpoint and the best network as an MLflow model."""
+    if result.best_checkpoint is None:
+        if result.last_checkpoint and result.last_checkpoint.exists():
+            tracker.log_artifact(result.last_checkpoint, "checkpoints")
+        return
+    tracker.log_artifact(result.best_checkpoint, "checkpoints")
+    tracker.log_dict(
+        {
+            "best_step": result.best_step,
+            "val_dice_mean": result.best_dice,
+            "per_class": result.best_per_class,
+        },
+        "val/best_summary.json",
+    )
+    if trainer.cfg.tracking.log_model:
+        state = load_checkpoint(result.best_checkpoint)
+        trainer.method.load_state_dict(state["model"])
+        net = trainer.method.inference_network().net.cpu().eval()
+        example = torch.zeros(2, spec.in_channels, *spec.patch_size)
+        result.model_uri = tracker.log_model(net, example)

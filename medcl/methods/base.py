@@ -1,0 +1,83 @@
+"""The method interface: a small object that turns a batch into named losses.
+
+The engine knows nothing about any method: it builds one from the registry, asks it for parameter groups,
+calls it once per step and back-propagates ``out["loss"]``. Every other entry of the returned dict is logged
+as ``train/loss_<name>`` (tensors) or ``train/<name>`` (floats, e.g. a temperature).
+"""
+
+from __future__ import annotations
+
+from abc import ABCMeta, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from medcl.config import Config
+from medcl.models.networks import SegNet, build_network
+
+
+class MethodParams(BaseModel):
+    """Base for a method's own config section (``method.*``); unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What a method needs to know about the data to build its networks."""
+
+    in_channels: int
+    num_classes: int
+    class_names: tuple[str, ...]
+    spatial_dims: int
+    patch_size: tuple[int, ...]
+
+
+class Method(nn.Module, metaclass=ABCMeta):
+    """Base class of every training method.
+
+    Subclasses set ``name``, ``Params`` (a :class:`MethodParams`), build their networks in ``__init__`` and
+    implement :meth:`training_step`. ``forward`` is ``training_step`` so that DistributedDataParallel, which
+    only synchronises gradients of what runs inside ``forward``, wraps any method unchanged.
+    """
+
+    name: ClassVar[str]
+    Params: ClassVar[type[MethodParams]] = MethodParams
+    uses_unlabeled: ClassVar[bool] = False
+
+    def __init__(self, cfg: Config, spec: DataSpec) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.spec = spec
+        self.params = self.Params.model_validate({k: v for k, v in cfg.method.items() if k != "name"})
+
+    def build_net(self, model_cfg: Any | None = None) -> SegNet:
+        """A segmentation network from ``model_cfg`` (default: the config's ``model`` section)."""
+        model_cfg = model_cfg or self.cfg.model
+        return build_network(
+            spatial_dims=self.spec.spatial_dims,
+            in_channels=self.spec.in_channels,
+            out_channels=self.spec.num_classes,
+            **model_cfg.model_dump(),
+        )
+
+    def forward(self, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor | float]:
+        return self.training_step(batch, step)
+
+    @abstractmethod
+    def training_step(self, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor | float]:
+        """Losses of one step; ``"loss"`` is back-propagated, the rest is logged."""
+
+    @abstractmethod
+    def inference_network(self) -> SegNet:
+        """The network used for validation, checkpoints-for-inference and the logged model."""
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Optimiser parameter groups; override for per-network learning rates."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
+    def on_step_end(self, step: int) -> None:
+        """Hook after the optimiser step (EMA teachers, queues)."""

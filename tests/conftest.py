@@ -1,0 +1,58 @@
+"""Shared fixtures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real datasets (Task04_Hippocampus, ACDC, LA2018) in ``../shared/data`` beside the repository.
+
+    Fails, rather than skips, when the folder is missing: the tests are meant to run on real data.
+    """
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"Real data folder {SHARED_DATA} is missing; the data tests need ../shared/data.")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def hippocampus(shared_data: Path) -> Path:
+    return shared_data / "Task04_Hippocampus"
+
+
+@pytest.fixture(scope="session")
+def _migrated_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One migrated SQLite MLflow store per session (a fresh store runs migrations for seconds)."""
+    import mlflow
+
+    folder = tmp_path_factory.mktemp("mlflow_template")
+    db = folder / "mlflow.db"
+    mlflow.MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()
+    return db
+
+
+@pytest.fixture
+def output_dir(tmp_path: Path, _migrated_mlflow_db: Path) -> Path:
+    """A run output folder whose embedded MLflow store is already migrated."""
+    import shutil
+
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copy(_migrated_mlflow_db, out / "mlflow.db")
+    return out
+
+
+@pytest.fixture
+def small_splits(hippocampus: Path, tmp_path: Path) -> Path:
+    """splits.json with 6 labeled and 2 validation Hippocampus cases (fast integration runs)."""
+    import json
+
+    ids = sorted(p.name.removesuffix(".nii.gz") for p in (hippocampus / "imagesTr").glob("*.nii.gz"))
+    path = tmp_path / "splits.json"
+    path.write_text(json.dumps({"labeled": ids[:6], "unlabeled": [], "val": ids[6:8], "test": []}))
+    return path

@@ -1,0 +1,78 @@
+"""Config loading, overrides and validation errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from medcl.config import build_config, describe, flatten, load_config, parse_override
+from medcl.errors import ConfigError
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*/*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_shipped_config_validates(path: Path) -> None:
+    cfg = load_config(path)
+    assert len(cfg.data.patch_size) == cfg.data.spatial_dims
+    assert cfg.method_name == "supervised"
+
+
+def test_overrides_reach_nested_keys_and_are_typed() -> None:
+    cfg = build_config({}, ["optim.lr=3e-4", "data.patch_size=[96, 96]", "train.steps=7", "val.hd95=false"])
+    assert cfg.optim.lr == pytest.approx(3e-4)
+    assert cfg.data.patch_size == [96, 96]
+    assert cfg.train.steps == 7 and cfg.val.hd95 is False
+
+
+def test_method_section_gets_defaults_from_the_method() -> None:
+    cfg = build_config({"method": {"name": "supervised", "ce_weight": 0.5}})
+    assert cfg.method == {
+        "name": "supervised",
+        "dice_weight": 1.0,
+        "ce_weight": 0.5,
+        "include_background": False,
+    }
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["optim.lrr=1"], "unknown config key 'optim.lrr' (allowed in 'optim': grad_clip, lr,"),
+        (["trian.steps=1"], "unknown config key 'trian'"),
+        (["optim.lr=abc"], "config key 'optim.lr'"),
+        (["optim.name=rmsprop"], "'adamw', 'adam' or 'sgd'"),
+        (["data.patch_size=[64, 64, 64]"], "data.patch_size has 3 values but data.spatial_dims is 2"),
+        (["method.name=nope"], "unknown method.name 'nope'"),
+        (["method.dice_wieght=1"], "unknown config key 'method.dice_wieght' (allowed for supervised:"),
+        (["train.steps=0"], "config key 'train.steps'"),
+    ],
+)
+def test_bad_keys_fail_with_the_key_name(overrides: list[str], expected: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        build_config({}, overrides, source="x.yaml")
+    assert expected in str(err.value)
+    assert "x.yaml" in str(err.value)
+
+
+def test_bad_override_syntax_and_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_override("optim.lr")
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="is a value, not a section"):
+        build_config({"output": "runs"}, ["output.x=1"])
+
+
+def test_flatten_and_describe_cover_every_key() -> None:
+    cfg = build_config({})
+    flat = flatten(cfg.model_dump(mode="json"))
+    assert flat["optim.lr"] == cfg.optim.lr and flat["data.augment.flip"] is True
+    keys = {row[0] for row in describe()}
+    assert {"optim.lr", "data.augment.rotate_deg", "tracking.experiment"} <= keys
+    assert all(desc for key, _, desc in describe() if not key.startswith(("method", "output", "init")))
