@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 
 from medcl.commands.common import add_training_flags, config_from_args
 
@@ -42,5 +43,6 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     result = train(cfg, resume=args.resume, progress=not args.no_progress)
-    print(format_result(result))
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
+        print(format_result(result))
     return 0

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 from medcl.data.dataset import Case
+from medcl.errors import DataError
 
 _MAX_SEED = 2**31 - 1
 
@@ -38,6 +39,26 @@ def case_items(cases: Sequence[Case], *, with_label: bool) -> list[dict[str, Any
             item["label"] = str(case.label)
         items.append(item)
     return items
+
+
+class _NamedCaseTransform:
+    """Runs the deterministic pipeline and turns any failure into a DataError naming the case's files."""
+
+    def __init__(self, transform: Callable) -> None:
+        self.transform = transform
+
+    def __call__(self, item: dict[str, Any]) -> Any:
+        try:
+            return self.transform(item)
+        except Exception as exc:
+            files = [item["image"]] if isinstance(item["image"], str) else list(item["image"])
+            if item.get("label"):
+                files.append(item["label"])
+            cause = exc.__cause__ or exc
+            raise DataError(
+                f"cannot preprocess case {item.get('case_id')} ({', '.join(files)}): {cause}; "
+                "run `medcl data check` on the dataset"
+            ) from None
 
 
 def preprocess_volumes(
@@ -58,22 +79,31 @@ def preprocess_volumes(
     items = case_items(cases, with_label=with_label)
     if not items:
         return []
-    if cache == "disk":
-        if cache_dir is None:
-            raise ValueError("cache='disk' needs a cache_dir")
-        ds: Dataset = PersistentDataset(items, transform=transform, cache_dir=str(cache_dir))
-    elif cache == "memory":
-        ds = CacheDataset(
-            items,
-            transform=transform,
-            cache_rate=1.0,
-            num_workers=num_workers,
-            progress=progress,
-            copy_cache=False,
-        )
-    else:
-        ds = Dataset(items, transform=transform)
-    return [ds[i] for i in range(len(ds))]
+    transform = _NamedCaseTransform(transform)
+    try:
+        if cache == "disk":
+            if cache_dir is None:
+                raise ValueError("cache='disk' needs a cache_dir")
+            ds: Dataset = PersistentDataset(items, transform=transform, cache_dir=str(cache_dir))
+        elif cache == "memory":
+            ds = CacheDataset(
+                items,
+                transform=transform,
+                cache_rate=1.0,
+                num_workers=num_workers,
+                progress=progress,
+                copy_cache=False,
+            )
+        else:
+            ds = Dataset(items, transform=transform)
+        return [ds[i] for i in range(len(ds))]
+    except Exception as exc:  # MONAI wraps transform errors in RuntimeError: surface the case-level one
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, DataError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        raise cause from None
 
 
 def _plain(x: Any) -> Any:

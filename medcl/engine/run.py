@@ -152,6 +152,44 @@ def train(
     if cfg.init and resume_state is None:
         init_weights(method, cfg.init, cfg)
 
+    # Data: preprocess once, then sample slices/patches per step.
+    modality = resolve_modality(cfg.data, info.modality)
+    cache_dir = cfg.data.cache_dir or str(Path(cfg.output).resolve() / "cache")
+    common = dict(cache=cfg.data.cache, cache_dir=cache_dir, progress=progress and dist.is_main())
+    labeled_cases = [info.case(i) for i in splits.labeled]
+    vols = preprocess_volumes(
+        labeled_cases, volume_transforms(cfg.data, modality, with_label=True), with_label=True, **common
+    )
+    pos = cfg.data.pos_fraction if cfg.data.spatial_dims == 3 else None
+    labeled = StepSampler(
+        vols,
+        sample_transforms(cfg.data.augment, cfg.data.patch_size, with_label=True, pos_fraction=pos),
+        cfg.data.batch_size,
+        spatial_dims=cfg.data.spatial_dims,
+        slice_axis=cfg.data.slice_axis,
+        stream=0,
+    )
+    unlabeled = None
+    if method.uses_unlabeled and splits.unlabeled and cfg.data.unlabeled_batch_size > 0:
+        ucases = [info.case(i) for i in splits.unlabeled]
+        uvols = preprocess_volumes(
+            ucases, volume_transforms(cfg.data, modality, with_label=False), with_label=False, **common
+        )
+        unlabeled = StepSampler(
+            uvols,
+            sample_transforms(cfg.data.augment, cfg.data.patch_size, with_label=False),
+            cfg.data.unlabeled_batch_size,
+            spatial_dims=cfg.data.spatial_dims,
+            slice_axis=cfg.data.slice_axis,
+            stream=1,
+        )
+    val_vols: list[dict[str, Any]] = []
+    if dist.is_main() and splits.val:
+        val_cases = [info.case(i) for i in splits.val]
+        val_vols = preprocess_volumes(
+            val_cases, volume_transforms(cfg.data, modality, with_label=True), with_label=True, **common
+        )
+
     # Run folder and tracking (rank 0 only); the run name is broadcast so all ranks agree.
     if resume_path is not None:
         run_dir = resume_path.parent.parent
@@ -191,50 +229,12 @@ def train(
             (run_dir / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=1))
             splits.save(run_dir / "splits.json")
 
-    # Data: preprocess once, then sample slices/patches per step.
-    modality = resolve_modality(cfg.data, info.modality)
-    cache_dir = cfg.data.cache_dir or str(Path(cfg.output).resolve() / "cache")
-    common = dict(cache=cfg.data.cache, cache_dir=cache_dir, progress=progress and dist.is_main())
-    labeled_cases = [info.case(i) for i in splits.labeled]
-    vols = preprocess_volumes(
-        labeled_cases, volume_transforms(cfg.data, modality, with_label=True), with_label=True, **common
-    )
-    pos = cfg.data.pos_fraction if cfg.data.spatial_dims == 3 else None
-    labeled = StepSampler(
-        vols,
-        sample_transforms(cfg.data.augment, cfg.data.patch_size, with_label=True, pos_fraction=pos),
-        cfg.data.batch_size,
-        spatial_dims=cfg.data.spatial_dims,
-        slice_axis=cfg.data.slice_axis,
-        stream=0,
-    )
-    unlabeled = None
-    if method.uses_unlabeled and splits.unlabeled and cfg.data.unlabeled_batch_size > 0:
-        ucases = [info.case(i) for i in splits.unlabeled]
-        uvols = preprocess_volumes(
-            ucases, volume_transforms(cfg.data, modality, with_label=False), with_label=False, **common
-        )
-        unlabeled = StepSampler(
-            uvols,
-            sample_transforms(cfg.data.augment, cfg.data.patch_size, with_label=False),
-            cfg.data.unlabeled_batch_size,
-            spatial_dims=cfg.data.spatial_dims,
-            slice_axis=cfg.data.slice_axis,
-            stream=1,
-        )
-    val_vols: list[dict[str, Any]] = []
-    if dist.is_main() and splits.val:
-        val_cases = [info.case(i) for i in splits.val]
-        val_vols = preprocess_volumes(
-            val_cases, volume_transforms(cfg.data, modality, with_label=True), with_label=True, **common
-        )
-
-    batches = TrainBatches(labeled, unlabeled, seed=cfg.train.seed, rank=dist.rank())
-    trainer = Trainer(cfg, method, spec, batches, val_vols, run_dir, tracker=tracker, progress=progress)
-    if resume_path is not None:
-        trainer.load(resume_path)
     status = "FAILED"
     try:
+        batches = TrainBatches(labeled, unlabeled, seed=cfg.train.seed, rank=dist.rank())
+        trainer = Trainer(cfg, method, spec, batches, val_vols, run_dir, tracker=tracker, progress=progress)
+        if resume_path is not None:
+            trainer.load(resume_path)
         result = trainer.fit()
         status = "FINISHED"
     except KeyboardInterrupt:
@@ -245,8 +245,10 @@ def train(
             tracker.end(status)
             dist.cleanup()
     if dist.is_main():
-        _log_final(tracker, trainer, result, spec)
-        tracker.end("FINISHED")
+        try:
+            _log_final(tracker, trainer, result, spec)
+        finally:
+            tracker.end("FINISHED")
     dist.cleanup()
     return result
 

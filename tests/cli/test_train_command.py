@@ -1,0 +1,99 @@
+"""`medcl train` from the command line: errors before any work, a real run, DDP under torchrun."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from medcl.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = REPO / "configs" / "hippocampus" / "supervised.yaml"
+FAST = ["--set", "model.features=[8, 8, 16, 32, 64, 8]", "--set", "data.batch_size=4", "--set", "data.num_workers=0",
+        "--set", "tracking.log_model=false"]
+
+
+def run_cli(*args: str) -> int:
+    return main([str(a) for a in args])
+
+
+def test_unknown_config_key_fails_before_any_work(hippocampus, output_dir, capsys) -> None:
+    code = run_cli("train", CONFIG, "--data", hippocampus, "--output", output_dir, "--set", "optim.lrr=1")
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "unknown config key 'optim.lrr'" in err and "Traceback" not in err
+    assert not (output_dir / "runs").exists()
+
+
+def test_ill_typed_flag_value(hippocampus, output_dir, capsys) -> None:
+    assert run_cli("train", CONFIG, "--data", hippocampus, "--output", output_dir, "--set", "train.steps=many") == 1
+    assert "config key 'train.steps'" in capsys.readouterr().err
+
+
+def test_missing_dataset_and_bad_splits(hippocampus, output_dir, tmp_path, capsys) -> None:
+    assert run_cli("train", CONFIG, "--data", tmp_path / "nope", "--output", output_dir) == 1
+    assert "nope" in capsys.readouterr().err
+    splits = tmp_path / "splits.json"
+    splits.write_text(json.dumps({"labeled": ["hippocampus_001", "hippocampus_999"], "val": []}))
+    assert run_cli("train", CONFIG, "--data", hippocampus, "--splits", splits, "--output", output_dir) == 1
+    err = capsys.readouterr().err
+    assert "hippocampus_999" in err and "splits.json" in err
+
+
+def test_corrupt_case_is_named(hippocampus, output_dir, tmp_path, capsys) -> None:
+    data = tmp_path / "data"
+    (data / "imagesTr").mkdir(parents=True)
+    (data / "labelsTr").mkdir()
+    ids = ["hippocampus_001", "hippocampus_003", "hippocampus_004"]
+    ids = sorted(p.name.removesuffix(".nii.gz") for p in (hippocampus / "imagesTr").glob("*.nii.gz"))[:3]
+    meta = json.loads((hippocampus / "dataset.json").read_text())
+    meta["training"] = [{"image": f"./imagesTr/{i}.nii.gz", "label": f"./labelsTr/{i}.nii.gz"} for i in ids]
+    (data / "dataset.json").write_text(json.dumps(meta))
+    for i in ids:
+        shutil.copy(hippocampus / "imagesTr" / f"{i}.nii.gz", data / "imagesTr")
+        shutil.copy(hippocampus / "labelsTr" / f"{i}.nii.gz", data / "labelsTr")
+    bad = data / "imagesTr" / f"{ids[0]}.nii.gz"
+    bad.write_bytes(gzip.compress(b"not a nifti at all"))
+    before = {p: p.read_bytes() for p in data.rglob("*") if p.is_file()}
+    assert run_cli("train", CONFIG, "--data", data, "--output", output_dir, "--steps", 1, *FAST) == 1
+    err = capsys.readouterr().err
+    assert f"cannot preprocess case {ids[0]}" in err and str(bad) in err
+    # Nothing was written into (or changed in) the dataset folder.
+    assert {p: p.read_bytes() for p in data.rglob("*") if p.is_file()} == before
+
+
+def test_train_command_prints_summary(hippocampus, small_splits, output_dir, capsys) -> None:
+    code = run_cli("train", CONFIG, "--data", hippocampus, "--splits", small_splits, "--output", output_dir,
+                   "--steps", 2, "--seed", 1, "--no-progress", *FAST)
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "run id:" in out and "best val Dice:" in out and "Anterior" in out and "Posterior" in out
+    assert f"sqlite:///{output_dir / 'mlflow.db'}" in out
+
+
+def test_ddp_two_processes_gloo(hippocampus, small_splits, output_dir) -> None:
+    """torchrun with 2 CPU processes: both train, only rank 0 logs one MLflow run."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "medcl.cli", "train", str(CONFIG), "--data", str(hippocampus), "--splits", str(small_splits),
+           "--output", str(output_dir), "--steps", "3", "--no-progress", "--set", "val.every=3",
+           "--set", "train.threads=1", *FAST]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("run id:") == 1
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{output_dir / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("hippocampus").experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED" and run.data.params["data.world_size"] == "2"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [3]
+    assert "val/dice_mean" in run.data.metrics
