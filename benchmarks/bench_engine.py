@@ -23,7 +23,7 @@ import torch
 from medcl.config import load_config
 from medcl.data.dataset import load_dataset
 from medcl.data.sampling import StepSampler, TrainBatches, preprocess_volumes
-from medcl.data.transforms import resolve_modality, sample_transforms, volume_transforms
+from medcl.data.transforms import batch_transforms, resolve_modality, sample_transforms, volume_transforms
 from medcl.engine.checkpoint import save_checkpoint
 from medcl.engine.optim import build_optimizer, build_scheduler
 from medcl.engine.run import data_spec
@@ -76,23 +76,32 @@ def engine_loop(cfg, spec, sampler, steps: int, out: Path, tag: str) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "Task04_Hippocampus"))
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
 
-    cfg = load_config(REPO / "configs" / "hippocampus" / "supervised.yaml", [f"data.num_workers={args.workers}"])
+    cfg = load_config(
+        REPO / "configs" / "hippocampus" / "supervised.yaml", [f"data.num_workers={args.workers}"]
+    )
     info = load_dataset(args.data)
     spec = data_spec(cfg, info)
     cases = info.cases[:40]
     vols = preprocess_volumes(
-        cases, volume_transforms(cfg.data, resolve_modality(cfg.data, info.modality), with_label=True),
-        with_label=True, progress=False,
+        cases,
+        volume_transforms(cfg.data, resolve_modality(cfg.data, info.modality), with_label=True),
+        with_label=True,
+        progress=False,
     )
     sampler = StepSampler(
-        vols, sample_transforms(cfg.data.augment, cfg.data.patch_size, with_label=True), cfg.data.batch_size
+        vols,
+        sample_transforms(cfg.data.augment, cfg.data.patch_size, with_label=True),
+        cfg.data.batch_size,
+        batch_transform=batch_transforms(cfg.data.augment),
     )
     torch.manual_seed(0)
     method = build_method(cfg, spec)

@@ -109,8 +109,10 @@ class ModelConfig(Section):
     )
     strides: list[int] | None = Field(None, description="UNet strides; default 2 per level.")
     num_res_units: int = Field(2, ge=0, description="UNet residual units per block.")
-    norm: str = Field("instance", description="Normalisation layer: instance or batch.")
-    act: str = Field("leakyrelu", description="Activation: leakyrelu, relu, prelu.")
+    norm: Literal["instance", "batch"] = Field("instance", description="Normalisation layer.")
+    act: Literal["leakyrelu", "relu", "prelu", "gelu"] = Field(
+        "leakyrelu", description="Activation (SwinUNETR supports leakyrelu only)."
+    )
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout probability in the network.")
     feature_size: int = Field(24, ge=12, description="SwinUNETR embedding size (divisible by 12).")
     depths: list[int] = Field([2, 2, 2, 2], description="SwinUNETR blocks per stage.")

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.data import CacheDataset, Dataset, PersistentDataset
+from monai.data import CacheDataset, Dataset, PersistentDataset, get_track_meta, set_track_meta
 from monai.data.meta_tensor import MetaTensor
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
@@ -118,6 +118,8 @@ class StepSampler:
     Args:
         volumes: preprocessed cases, each ``{"image": (C, X, Y, Z), "label": (1, X, Y, Z)?}``.
         transform: random per-sample transform (see :func:`medcl.data.transforms.sample_transforms`).
+        batch_transform: random transform of the stacked batch, called with the step's generator
+            (see :class:`medcl.data.transforms.BatchAffine`).
         batch_size: samples per step.
         spatial_dims: 2 samples a slice along ``slice_axis``; 3 passes the whole volume to ``transform``
             (which crops a patch).
@@ -131,6 +133,7 @@ class StepSampler:
     spatial_dims: int = 2
     slice_axis: int = 2
     stream: int = 0
+    batch_transform: Callable | None = None
 
     def __post_init__(self) -> None:
         if not self.volumes:
@@ -150,25 +153,34 @@ class StepSampler:
         """The batch of ``step``: ``image`` (B, C, *patch), ``label`` (B, 1, *patch) if labeled."""
         rng = np.random.default_rng([seed, rank, self.stream, step])
         picks = rng.integers(0, len(self.index), size=self.batch_size)
-        seeds = rng.integers(0, _MAX_SEED, size=self.batch_size)
+        # One reseed per step (not per sample): re-creating every transform's RandomState costs ~1 ms a sample.
+        self.transform.set_random_state(seed=int(rng.integers(0, _MAX_SEED)))
         out: dict[str, list[torch.Tensor]] = {k: [] for k in self.keys}
-        for pick, sample_seed in zip(picks, seeds, strict=True):
-            vol, sl = self.index[pick]
-            arrays = self._arrays[vol]
-            if self.spatial_dims == 2:
-                item = {k: arrays[k].select(1 + self.slice_axis, int(sl)) for k in self.keys}
-            else:
-                item = dict(arrays)
-            self.transform.set_random_state(seed=int(sample_seed))
-            result = self.transform(item)
-            if isinstance(result, list):  # RandCropByPosNegLabeld returns a list of samples
-                result = result[0]
-            for k in self.keys:
-                out[k].append(_plain(torch.as_tensor(result[k])))
+        track = get_track_meta()
+        set_track_meta(
+            False
+        )  # plain tensors through the transforms: MetaTensor bookkeeping doubles their cost
+        try:
+            for pick in picks:
+                vol, sl = self.index[pick]
+                arrays = self._arrays[vol]
+                if self.spatial_dims == 2:
+                    item = {k: arrays[k].select(1 + self.slice_axis, int(sl)) for k in self.keys}
+                else:
+                    item = dict(arrays)
+                result = self.transform(item)
+                if isinstance(result, list):  # RandCropByPosNegLabeld returns a list of samples
+                    result = result[0]
+                for k in self.keys:
+                    out[k].append(_plain(torch.as_tensor(result[k])))
+        finally:
+            set_track_meta(track)
         batch = {k: torch.stack(v) for k, v in out.items()}
         batch["image"] = batch["image"].float()
         if "label" in batch:
             batch["label"] = batch["label"].long()
+        if self.batch_transform is not None:
+            batch = self.batch_transform(batch, rng)
         return batch
 
 
@@ -198,13 +210,17 @@ def _collate_none(batch: Any) -> Any:
 
 
 def step_loader(batches: TrainBatches, start: int, stop: int, num_workers: int) -> DataLoader:
-    """Loader yielding the batches of steps ``start .. stop-1`` in order, prefetched by workers."""
+    """Loader yielding the batches of steps ``start .. stop-1`` in order.
+
+    ``num_workers == 0`` samples in the training process, which is fastest on small CPU machines (measured in
+    ``benchmarks/bench_engine.py``: a worker process or a MONAI ``ThreadDataLoader`` thread competes with
+    torch's compute threads for the same cores); GPU machines should prefetch with worker processes.
+    """
     return DataLoader(
         batches,
         batch_size=None,
         sampler=range(start, stop),
         num_workers=num_workers,
         collate_fn=_collate_none,
-        persistent_workers=False,
         prefetch_factor=4 if num_workers > 0 else None,
     )

@@ -18,13 +18,13 @@ from medcl.config import Config, build_config, flatten
 from medcl.data.dataset import DatasetInfo, load_dataset
 from medcl.data.sampling import StepSampler, TrainBatches, preprocess_volumes
 from medcl.data.splits import Splits, make_splits
-from medcl.data.transforms import resolve_modality, sample_transforms, volume_transforms
+from medcl.data.transforms import batch_transforms, resolve_modality, sample_transforms, volume_transforms
 from medcl.engine import distributed as dist
-from medcl.engine.checkpoint import load_checkpoint
+from medcl.engine.checkpoint import load_checkpoint, save_checkpoint
 from medcl.engine.trainer import Trainer, TrainResult, resolve_device
 from medcl.errors import ConfigError, MedclError
 from medcl.methods import DataSpec, build_method
-from medcl.tracking.mlflow_tracking import MlflowTracker, NullTracker, resolve_store
+from medcl.tracking.mlflow_tracking import MlflowTracker, NullTracker, resolve_checkpoint, resolve_store
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ def data_spec(cfg: Config, info: DatasetInfo) -> DataSpec:
         class_names=tuple(info.class_names),
         spatial_dims=cfg.data.spatial_dims,
         patch_size=tuple(cfg.data.patch_size),
+        modality=resolve_modality(cfg.data, info.modality),
     )
 
 
@@ -69,29 +70,9 @@ def find_resume_checkpoint(resume: str, output: str | Path) -> Path:
     return path
 
 
-def resolve_checkpoint_source(source: str, cfg: Config) -> Path:
-    """A checkpoint path from a file path, an MLflow run id or a ``runs:/<id>/<path>`` URI."""
-    path = Path(source)
-    if path.is_file():
-        return path
-    if path.is_dir() and (path / "checkpoints" / "best.pt").is_file():
-        return path / "checkpoints" / "best.pt"
-    import mlflow
-
-    uri, _ = resolve_store(cfg.tracking.uri, cfg.output)
-    mlflow.set_tracking_uri(uri)
-    artifact = source if source.startswith("runs:/") else f"runs:/{source}/checkpoints/best.pt"
-    try:
-        return Path(mlflow.artifacts.download_artifacts(artifact))
-    except Exception as exc:
-        raise MedclError(
-            f"--init {source}: not a checkpoint file and not found in MLflow store {uri} ({exc})"
-        ) from None
-
-
 def init_weights(method: torch.nn.Module, source: str, cfg: Config) -> int:
     """Copy every weight of a checkpoint whose name and shape match into ``method``; return how many."""
-    state = load_checkpoint(resolve_checkpoint_source(source, cfg))["model"]
+    state = load_checkpoint(resolve_checkpoint(source, cfg.tracking.uri, cfg.output))["model"]
     own = method.state_dict()
     matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not matched:
@@ -149,6 +130,7 @@ def train(
         raise MedclError(f"the splits file {cfg.data.splits} has no labeled cases to train on")
     spec = data_spec(cfg, info)
     method = build_method(cfg, spec)
+    method.inference_network().check_spatial_shape(cfg.data.patch_size)  # e.g. SwinUNETR: multiples of 32
     if cfg.init and resume_state is None:
         init_weights(method, cfg.init, cfg)
 
@@ -168,6 +150,7 @@ def train(
         spatial_dims=cfg.data.spatial_dims,
         slice_axis=cfg.data.slice_axis,
         stream=0,
+        batch_transform=batch_transforms(cfg.data.augment),
     )
     unlabeled = None
     if method.uses_unlabeled and splits.unlabeled and cfg.data.unlabeled_batch_size > 0:
@@ -182,6 +165,7 @@ def train(
             spatial_dims=cfg.data.spatial_dims,
             slice_axis=cfg.data.slice_axis,
             stream=1,
+            batch_transform=batch_transforms(cfg.data.augment),
         )
     val_vols: list[dict[str, Any]] = []
     if dist.is_main() and splits.val:
@@ -271,6 +255,10 @@ def _log_final(tracker: Any, trainer: Trainer, result: TrainResult, spec: DataSp
     if trainer.cfg.tracking.log_model:
         state = load_checkpoint(result.best_checkpoint)
         trainer.method.load_state_dict(state["model"])
+        # The inference checkpoint (weights + config + classes, no optimiser) travels inside the MLflow model,
+        # so `models:/<name>@<alias>` carries its preprocessing.
+        slim = {k: state[k] for k in ("step", "method", "config", "data_spec", "model", "medcl_version")}
+        slim_path = save_checkpoint(slim, result.best_checkpoint.parent / "model.pt")
         net = trainer.method.inference_network().net.cpu().eval()
         example = torch.zeros(2, spec.in_channels, *spec.patch_size)
-        result.model_uri = tracker.log_model(net, example)
+        result.model_uri = tracker.log_model(net, example, extra_files=[str(slim_path)])

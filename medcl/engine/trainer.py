@@ -147,6 +147,7 @@ class Trainer:
                 "class_names": list(self.spec.class_names),
                 "spatial_dims": self.spec.spatial_dims,
                 "patch_size": list(self.spec.patch_size),
+                "modality": self.spec.modality,
             },
             "model": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -286,7 +287,9 @@ class Trainer:
                     window[k].append(v)
                 bar.update(1)
                 if self.step % self.cfg.train.log_every == 0 or self.step == total:
-                    means = {f"train/{k}": float(np.mean(v)) for k, v in window.items()}
+                    keys = sorted(window)
+                    avg = dist.all_reduce_mean(torch.tensor([float(np.mean(window[k])) for k in keys]))
+                    means = {f"train/{k}": float(v) for k, v in zip(keys, avg, strict=True)}
                     means["train/lr"] = self.optimizer.param_groups[0]["lr"]
                     self.tracker.log_metrics(means, step=self.step)
                     bar.set_postfix(loss=f"{means['train/loss']:.4f}")

@@ -34,6 +34,7 @@ class DataSpec:
     class_names: tuple[str, ...]
     spatial_dims: int
     patch_size: tuple[int, ...]
+    modality: str = "mri"
 
 
 class Method(nn.Module, metaclass=ABCMeta):

@@ -51,6 +51,43 @@ def get_or_create_experiment(name: str, artifact_root: str | None) -> str:
     return mlflow.create_experiment(name, artifact_location=location)
 
 
+def resolve_checkpoint(source: str, tracking_uri: str | None, output: str | Path) -> Path:
+    """A local medcl checkpoint for ``source``.
+
+    ``source`` may be a checkpoint file, a run folder (``checkpoints/best.pt``), an MLflow run id
+    (its ``checkpoints/best.pt`` artifact), a ``runs:/<id>/<path>`` URI, or ``models:/<name>@<alias>`` /
+    ``models:/<name>/<version>`` (the inference checkpoint logged inside the model).
+    """
+    from medcl.errors import MedclError
+
+    path = Path(source).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        for candidate in ("checkpoints/best.pt", "checkpoints/model.pt", "checkpoints/last.pt", "best.pt"):
+            if (path / candidate).is_file():
+                return path / candidate
+        raise MedclError(f"{path} is a folder without checkpoints/best.pt or last.pt")
+    import mlflow
+
+    uri, _ = resolve_store(tracking_uri, output)
+    mlflow.set_tracking_uri(uri)
+    try:
+        if source.startswith("models:/"):
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source))
+            found = sorted(local.rglob("model.pt"))
+            if not found:
+                raise MedclError(f"{source} holds no medcl inference checkpoint (extra_files/model.pt)")
+            return found[0]
+        artifact = source if source.startswith("runs:/") else f"runs:/{source}/checkpoints/best.pt"
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact))
+    except MedclError:
+        raise
+    except Exception as exc:
+        hint = "" if len(source) == 32 or "/" in source else " (not a file, folder, run id or MLflow URI)"
+        raise MedclError(f"cannot find model {source!r} in MLflow store {uri}{hint}: {exc}") from None
+
+
 class NullTracker:
     """A tracker that records nothing (non-zero DDP ranks, ``tracking: none`` in tests of the engine)."""
 
@@ -120,7 +157,9 @@ class MlflowTracker:
     def set_tags(self, tags: dict[str, str]) -> None:
         self.mlflow.set_tags(tags)
 
-    def log_model(self, net: Any, example: Any, name: str = "model") -> str | None:
+    def log_model(
+        self, net: Any, example: Any, name: str = "model", extra_files: list[str] | None = None
+    ) -> str | None:
         """Log the bare network as an MLflow PyTorch model (``torch.export`` format, needs no medcl to load).
 
         The export is traced at the sliding-window ROI size with batch 2, which is what inference feeds it;
@@ -134,6 +173,7 @@ class MlflowTracker:
                 net,
                 name=name,
                 input_example=example.numpy(),
+                extra_files=extra_files,
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"monai=={monai.__version__}"],
             )
             return info.model_uri

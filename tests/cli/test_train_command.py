@@ -11,14 +11,21 @@ import sys
 from pathlib import Path
 
 import mlflow
-import pytest
 
 from medcl.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "hippocampus" / "supervised.yaml"
-FAST = ["--set", "model.features=[8, 8, 16, 32, 64, 8]", "--set", "data.batch_size=4", "--set", "data.num_workers=0",
-        "--set", "tracking.log_model=false"]
+FAST = [
+    "--set",
+    "model.features=[8, 8, 16, 32, 64, 8]",
+    "--set",
+    "data.batch_size=4",
+    "--set",
+    "data.num_workers=0",
+    "--set",
+    "tracking.log_model=false",
+]
 
 
 def run_cli(*args: str) -> int:
@@ -34,7 +41,10 @@ def test_unknown_config_key_fails_before_any_work(hippocampus, output_dir, capsy
 
 
 def test_ill_typed_flag_value(hippocampus, output_dir, capsys) -> None:
-    assert run_cli("train", CONFIG, "--data", hippocampus, "--output", output_dir, "--set", "train.steps=many") == 1
+    assert (
+        run_cli("train", CONFIG, "--data", hippocampus, "--output", output_dir, "--set", "train.steps=many")
+        == 1
+    )
     assert "config key 'train.steps'" in capsys.readouterr().err
 
 
@@ -71,8 +81,22 @@ def test_corrupt_case_is_named(hippocampus, output_dir, tmp_path, capsys) -> Non
 
 
 def test_train_command_prints_summary(hippocampus, small_splits, output_dir, capsys) -> None:
-    code = run_cli("train", CONFIG, "--data", hippocampus, "--splits", small_splits, "--output", output_dir,
-                   "--steps", 2, "--seed", 1, "--no-progress", *FAST)
+    code = run_cli(
+        "train",
+        CONFIG,
+        "--data",
+        hippocampus,
+        "--splits",
+        small_splits,
+        "--output",
+        output_dir,
+        "--steps",
+        2,
+        "--seed",
+        1,
+        "--no-progress",
+        *FAST,
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "run id:" in out and "best val Dice:" in out and "Anterior" in out and "Posterior" in out
@@ -81,10 +105,33 @@ def test_train_command_prints_summary(hippocampus, small_splits, output_dir, cap
 
 def test_ddp_two_processes_gloo(hippocampus, small_splits, output_dir) -> None:
     """torchrun with 2 CPU processes: both train, only rank 0 logs one MLflow run."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           "-m", "medcl.cli", "train", str(CONFIG), "--data", str(hippocampus), "--splits", str(small_splits),
-           "--output", str(output_dir), "--steps", "3", "--no-progress", "--set", "val.every=3",
-           "--set", "train.threads=1", *FAST]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+        "-m",
+        "medcl.cli",
+        "train",
+        str(CONFIG),
+        "--data",
+        str(hippocampus),
+        "--splits",
+        str(small_splits),
+        "--output",
+        str(output_dir),
+        "--steps",
+        "3",
+        "--no-progress",
+        "--set",
+        "val.every=3",
+        "--set",
+        "train.threads=1",
+        *FAST,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)

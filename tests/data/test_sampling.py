@@ -20,7 +20,9 @@ from medcl.data.transforms import sample_transforms, volume_transforms
 def volumes(hippocampus: Path):
     info = load_dataset(hippocampus)
     cfg = DataConfig()
-    return preprocess_volumes(info.cases[:4], volume_transforms(cfg, "mri", with_label=True), with_label=True, progress=False)
+    return preprocess_volumes(
+        info.cases[:4], volume_transforms(cfg, "mri", with_label=True), with_label=True, progress=False
+    )
 
 
 def test_mri_normalisation_and_geometry(volumes, hippocampus: Path) -> None:
@@ -38,7 +40,9 @@ def test_mri_normalisation_and_geometry(volumes, hippocampus: Path) -> None:
 def test_ct_window_maps_to_unit_range(hippocampus: Path) -> None:
     info = load_dataset(hippocampus)
     cfg = DataConfig(ct_window=(0.0, 100.0))
-    vol = preprocess_volumes(info.cases[:1], volume_transforms(cfg, "ct", with_label=False), with_label=False, progress=False)[0]
+    vol = preprocess_volumes(
+        info.cases[:1], volume_transforms(cfg, "ct", with_label=False), with_label=False, progress=False
+    )[0]
     assert float(vol["image"].min()) >= 0.0 and float(vol["image"].max()) <= 1.0
 
 
@@ -85,6 +89,34 @@ def test_3d_patches_with_foreground_sampling(volumes) -> None:
 
 def test_unlabeled_stream_has_no_label(hippocampus: Path) -> None:
     info = load_dataset(hippocampus)
-    vols = preprocess_volumes(info.cases[:2], volume_transforms(DataConfig(), "mri", with_label=False), with_label=False, progress=False)
+    vols = preprocess_volumes(
+        info.cases[:2],
+        volume_transforms(DataConfig(), "mri", with_label=False),
+        with_label=False,
+        progress=False,
+    )
     sampler = StepSampler(vols, sample_transforms(None, [64, 64], with_label=False), batch_size=3, stream=1)
     assert set(sampler.sample(0, 0, 0)) == {"image"}
+
+
+def test_batch_affine_rotates_each_sample_and_keeps_labels() -> None:
+    from medcl.data.transforms import BatchAffine
+
+    torch.manual_seed(0)
+    image = torch.rand(3, 1, 9, 9)
+    label = torch.randint(0, 3, (3, 1, 9, 9))
+    turn = BatchAffine(rotate_deg=90, scale=0.0, prob=1.0)
+    # Force exact quarter turns (either direction) so the result can be compared with rot90.
+    turn.theta = lambda n, dims, rng: torch.tensor([[[0.0, -1.0, 0.0], [1.0, 0.0, 0.0]]] * n)
+    out = turn({"image": image, "label": label}, np.random.default_rng(0))
+    for i in range(3):
+        candidates = [torch.rot90(image[i], k, dims=(1, 2)) for k in (1, -1)]
+        assert any(torch.allclose(out["image"][i], c, atol=1e-5) for c in candidates)
+        labels = [torch.rot90(label[i], k, dims=(1, 2)) for k in (1, -1)]
+        assert any(torch.equal(out["label"][i], c) for c in labels)
+    # prob 0 is the identity; the same generator state gives the same warp.
+    still = BatchAffine(30, 0.2, prob=0.0)({"image": image, "label": label}, np.random.default_rng(1))
+    torch.testing.assert_close(still["image"], image, atol=1e-5, rtol=0)
+    a = BatchAffine(30, 0.2)({"image": image}, np.random.default_rng(5))["image"]
+    b = BatchAffine(30, 0.2)({"image": image}, np.random.default_rng(5))["image"]
+    torch.testing.assert_close(a, b)

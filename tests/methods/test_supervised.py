@@ -16,8 +16,12 @@ def test_registry_and_loss_falls_on_real_data(hippocampus) -> None:
     assert "supervised" in METHODS
     cfg = build_config({}, ["model.features=[8, 8, 16, 32, 64, 8]"])
     info = load_dataset(hippocampus)
-    vols = preprocess_volumes(info.cases[:3], volume_transforms(cfg.data, "mri", with_label=True), with_label=True, progress=False)
-    batch = {"labeled": StepSampler(vols, sample_transforms(None, [64, 64], with_label=True), 8).sample(0, 0, 0)}
+    vols = preprocess_volumes(
+        info.cases[:3], volume_transforms(cfg.data, "mri", with_label=True), with_label=True, progress=False
+    )
+    batch = {
+        "labeled": StepSampler(vols, sample_transforms(None, [64, 64], with_label=True), 8).sample(0, 0, 0)
+    }
     torch.manual_seed(0)
     method = build_method(cfg, data_spec(cfg, info))
     opt = torch.optim.Adam(method.parameters(), lr=1e-2)
