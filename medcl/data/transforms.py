@@ -97,7 +97,6 @@ def sample_transforms(
             (``RandCropByPosNegLabeld``); ``None`` crops uniformly at random.
     """
     keys = ["image", "label"] if with_label else ["image"]
-    interp = ("bilinear", "nearest") if with_label else ("bilinear",)
     dims = len(patch_size)
     steps: list = [SpatialPadd(keys, spatial_size=list(patch_size), mode="constant")]
     if with_label and pos_fraction is not None:
