@@ -56,3 +56,41 @@ def small_splits(hippocampus: Path, tmp_path: Path) -> Path:
     path = tmp_path / "splits.json"
     path.write_text(json.dumps({"labeled": ids[:6], "unlabeled": [], "val": ids[6:8], "test": []}))
     return path
+
+
+@pytest.fixture(scope="session")
+def trained_run(hippocampus: Path, tmp_path_factory: pytest.TempPathFactory, _migrated_mlflow_db: Path):
+    """A small supervised model trained once per test session on 12 real Hippocampus cases.
+
+    Returns ``(result, output_dir, val_ids)``; the run is logged (with its MLflow model) in
+    ``output_dir/mlflow.db``. Used by the inference and evaluation tests as a golden model.
+    """
+    import json
+    import shutil
+
+    from medcl.config import build_config
+    from medcl.engine.run import train
+
+    out = tmp_path_factory.mktemp("trained")
+    shutil.copy(_migrated_mlflow_db, out / "mlflow.db")
+    ids = sorted(p.name.removesuffix(".nii.gz") for p in (hippocampus / "imagesTr").glob("*.nii.gz"))
+    splits = out / "splits.json"
+    splits.write_text(
+        json.dumps({"labeled": ids[:12], "val": ids[12:15], "test": ids[15:18], "unlabeled": []})
+    )
+    cfg = build_config(
+        {"method": {"name": "supervised"}},
+        [
+            f"data.path={hippocampus}",
+            f"data.splits={splits}",
+            f"output={out}",
+            "model.features=[16, 16, 32, 64, 128, 16]",
+            "data.batch_size=16",
+            "optim.lr=0.003",
+            "train.steps=300",
+            "val.every=300",
+            "tracking.run_name=golden",
+        ],
+    )
+    result = train(cfg, progress=False)
+    return result, out, ids[15:18]

@@ -38,8 +38,9 @@ distance sets pooled, which can differ slightly from MONAI's larger-of-two-perce
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -90,17 +91,18 @@ def case_metrics(
         dist = np.full(num_classes - 1, np.nan)
         if both.any():
             idx = np.flatnonzero(both)
-            values = (
-                compute_hausdorff_distance(
-                    p1[:, idx],
-                    g1[:, idx],
-                    include_background=True,
-                    percentile=95,
-                    spacing=list(spacing) if spacing else None,
-                )[0]
-                .cpu()
-                .numpy()
-            )
+            with _quiet_monai():
+                values = (
+                    compute_hausdorff_distance(
+                        p1[:, idx],
+                        g1[:, idx],
+                        include_background=True,
+                        percentile=95,
+                        spacing=list(spacing) if spacing else None,
+                    )[0]
+                    .cpu()
+                    .numpy()
+                )
             dist[idx] = values
         dist[~p_any & ~g_any] = 0.0
         out["hd95"] = dist
@@ -190,9 +192,7 @@ def binary_metrics(
     box = tuple(slice(int(lo), int(hi) + 1) for lo, hi in zip(*_bounding_box(pred | ref), strict=True))
     p = torch.from_numpy(np.ascontiguousarray(pred[box]))[None, None]  # (1, 1, *spatial): batch, channel
     g = torch.from_numpy(np.ascontiguousarray(ref[box]))[None, None]
-    with warnings.catch_warnings():
-        # MONAI 1.5+ warns about its own internal use of a deprecated get_mask_edges argument.
-        warnings.filterwarnings("ignore", message=".*always_return_as_numpy", category=FutureWarning)
+    with _quiet_monai():
         dice = compute_dice(p.float(), g.float(), include_background=True, ignore_empty=False)
         hd95 = compute_hausdorff_distance(p, g, include_background=True, percentile=95, spacing=spacing)
         asd = compute_average_surface_distance(p, g, include_background=True, symmetric=True, spacing=spacing)
@@ -246,3 +246,11 @@ def _bounding_box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _float32_digits(value: float) -> float:
     """MONAI returns float32; keep the digits float32 carries (0.7510917, not 0.751091718673706)."""
     return float(str(np.float32(value)))
+
+
+@contextlib.contextmanager
+def _quiet_monai() -> Iterator[None]:
+    """Hide the FutureWarning MONAI 1.5+ raises about its own internal use of ``always_return_as_numpy``."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*always_return_as_numpy", category=FutureWarning)
+        yield

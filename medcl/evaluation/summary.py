@@ -254,10 +254,13 @@ class Summary:
             f"{_fmt(fg['asd'], 2):>10}"
         )
         n_problem_cases = len({p.case for p in self.problems})
-        lines.append(
-            f"{len(self.cases)} cases scored ({self.empty_policy} empty policy); "
-            f"{len(self.problems)} problems in {n_problem_cases} cases (left out of the means)"
-        )
+        scored = f"{len(self.cases)} cases scored ({self.empty_policy} empty policy)"
+        if self.problems:
+            lines.append(
+                f"{scored}; {len(self.problems)} problems in {n_problem_cases} cases (left out of the means)"
+            )
+        else:
+            lines.append(f"{scored}; no problems")
         return "\n".join(lines)
 
     def format_problems(self) -> str:
@@ -593,7 +596,7 @@ def _read_label(path: Path, case_id: str, role: str) -> tuple[np.ndarray, np.nda
     try:
         array, affine = read_volume(path)
     except DataError as err:
-        return CaseProblem(case_id, path, f"cannot read the {role}: {err}")
+        return CaseProblem(case_id, path, f"unreadable {role} file: {err}")
     checked = _as_label_map(array, case_id, path, role)
     if isinstance(checked, CaseProblem):
         return checked

@@ -161,6 +161,11 @@ class Predictor:
         image: MetaTensor = data["image"]
         if image.ndim != 4:
             raise DataError(f"{paths[0]}: expected a 3D image, got spatial shape {tuple(image.shape[1:])}")
+        if image.shape[0] != self.spec.in_channels:
+            raise DataError(
+                f"{paths[0]}: the model takes {self.spec.in_channels} channel(s) but the image has {image.shape[0]} "
+                f"(shape {tuple(image.shape[1:])} + {image.shape[0]}); a 4D image is not a 3D volume"
+            )
         if not torch.isfinite(image).all():
             raise DataError(f"{paths[0]}: the image has NaN or infinite intensities")
         probs = self._probabilities(image, tta, progress)

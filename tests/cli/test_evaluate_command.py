@@ -32,8 +32,8 @@ def save(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
 
 @pytest.fixture
 def folders(hippocampus: Path, tmp_path: Path) -> tuple[Path, Path]:
-    """gt/ with 5 real labels plus one more; pred/ with one identical, one shifted, one cropped, one missing,
-    one holding the value 5, one with a moved origin, and one prediction that has no reference."""
+    """gt/ with 7 real labels; pred/ with one identical, one shifted, one cropped, one missing,
+    one holding the value 5, one with a moved origin, one unreadable, and one that has no reference."""
     gt, pred = tmp_path / "gt", tmp_path / "pred"
     gt.mkdir()
     pred.mkdir()
@@ -53,6 +53,8 @@ def folders(hippocampus: Path, tmp_path: Path) -> tuple[Path, Path]:
     moved[:3, 3] += (0.0, 0.0, 2.0)
     save(array, moved, pred / "hippocampus_015.nii.gz")
     shutil.copy(hippocampus / "labelsTr" / "hippocampus_017.nii.gz", pred)  # no reference
+    shutil.copy(hippocampus / "labelsTr" / "hippocampus_014.nii.gz", gt)
+    (pred / "hippocampus_014.nii.gz").write_bytes(b"\x1f\x8b not really gzip")  # unreadable
     return pred, gt
 
 
@@ -90,7 +92,10 @@ def test_folder_mode_end_to_end(folders, hippocampus: Path, tmp_path: Path, caps
     assert data["settings"]["spacing"] == "mm" and data["settings"]["empty_policy"] == "strict"
 
     problems = {p["case"]: p for p in data["problems"]}
-    assert sorted(problems) == sorted([CROPPED, MISSING, VALUE5, "hippocampus_015", "hippocampus_017"])
+    assert sorted(problems) == sorted(
+        [CROPPED, MISSING, VALUE5, "hippocampus_014", "hippocampus_015", "hippocampus_017"]
+    )
+    assert problems["hippocampus_014"]["message"].startswith("unreadable prediction file: Cannot read")
     shape = np.asarray(nib.load(gt / f"{CROPPED}.nii.gz").dataobj).shape
     cropped_shape = (shape[0] - 2, *shape[1:])
     assert (
@@ -116,7 +121,7 @@ def test_folder_mode_end_to_end(folders, hippocampus: Path, tmp_path: Path, caps
     assert all(float(r["dice"]) == 1.0 for r in rows if r["case"] == SAME)
 
     assert "Anterior" in stdout and "foreground" in stdout and "2 cases scored" in stdout
-    assert "5 problems in 5 cases" in stdout and MISSING in stdout
+    assert "6 problems in 6 cases" in stdout and MISSING in stdout
 
 
 def test_refuses_to_overwrite_then_overwrites(folders, tmp_path: Path, capsys) -> None:
@@ -233,3 +238,40 @@ def test_model_mode_logs_a_new_mlflow_run(
     # The same -o again is refused before any prediction.
     assert run_cli(*args, "--output", output_dir, "-o", summary_path, "--no-progress") == 1
     assert "already exists" in capsys.readouterr().err
+
+
+def test_model_mode_with_a_trained_checkpoint(hippocampus, small_splits, output_dir, capsys) -> None:
+    """The real predictor on a 2-step model: scores are poor but every val case is predicted in its own
+    geometry (no shape or geometry problem) and logged under ``val/``."""
+    import mlflow
+
+    fast = ["--set", "model.features=[8, 8, 16, 32, 64, 8]", "--set", "data.batch_size=4"]
+    fast += ["--set", "data.num_workers=0", "--set", "tracking.log_model=false"]
+    config = Path(__file__).resolve().parents[2] / "configs" / "hippocampus" / "supervised.yaml"
+    train = ["train", config, "--data", hippocampus, "--splits", small_splits, "--output", output_dir]
+    assert run_cli(*train, "--steps", 2, "--no-progress", *fast) == 0
+    [checkpoint] = output_dir.glob("runs/*/checkpoints/best.pt")
+    capsys.readouterr()
+
+    args = [
+        "evaluate",
+        "--model",
+        checkpoint,
+        "--data",
+        hippocampus,
+        "--splits",
+        small_splits,
+        "--subset",
+        "val",
+    ]
+    code = run_cli(*args, "--output", output_dir, "--device", "cpu", "--no-progress")
+    stdout = capsys.readouterr().out
+    assert code == 0, stdout
+    [summary_path] = (output_dir / "evaluations").glob("val-*/summary.json")
+    data = json.loads(summary_path.read_text())
+    val_ids = json.loads(small_splits.read_text())["val"]
+    assert [c["case"] for c in data["metric_per_case"]] == val_ids and data["problems"] == []
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{output_dir / 'mlflow.db'}")
+    [run] = client.search_runs([client.get_experiment_by_name("evaluation").experiment_id])
+    assert run.data.tags["medcl.subset"] == "val"
+    assert run.data.metrics["val/dice_mean"] == pytest.approx(data["foreground_mean"]["dice"])
