@@ -71,16 +71,15 @@ def resolve_checkpoint(source: str, tracking_uri: str | None, output: str | Path
     import mlflow
 
     uri, _ = resolve_store(tracking_uri, output)
-    mlflow.set_tracking_uri(uri)
     try:
         if source.startswith("models:/"):
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source))
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=uri, registry_uri=uri))
             found = sorted(local.rglob("model.pt"))
             if not found:
                 raise MedclError(f"{source} holds no medcl inference checkpoint (extra_files/model.pt)")
             return found[0]
         artifact = source if source.startswith("runs:/") else f"runs:/{source}/checkpoints/best.pt"
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact))
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact, tracking_uri=uri))
     except MedclError:
         raise
     except Exception as exc:
