@@ -1,0 +1,144 @@
+"""Inference cost: `medcl infer`'s per-case path vs MONAI's bare sliding window on preloaded tensors.
+
+For N Hippocampus cases (default 20) and the 2D BasicUNet of ``configs/hippocampus/supervised.yaml``:
+
+* medcl: ``Predictor.segment`` (read the file, preprocess, slice-wise sliding window with 50% overlap and
+  Gaussian blending, ``Invertd`` back to the input grid, argmax) + ``write_labels`` (atomic NIfTI write);
+  with and without flip TTA;
+* bare: the same MONAI inferer and network on the already preprocessed tensor (no I/O, no inversion).
+
+Weights are random (timing does not depend on them). Medians over the cases, measured in one run.
+``--la`` also measures peak resident memory of segmenting one LA2018 volume with the 3D config
+(``configs/la2018/supervised.yaml``: 3D BasicUNet, 112x112x80 patches) in a fresh process.
+
+Run: ``.venv/bin/python benchmarks/bench_infer.py [--cases 20] [--la]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from medcl.config import load_config
+from medcl.data.dataset import load_dataset
+from medcl.engine.checkpoint import save_checkpoint
+from medcl.engine.run import data_spec
+from medcl.inference.predictor import Predictor, write_labels
+from medcl.inference.window import make_inferer
+from medcl.methods import build_method
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+
+
+def random_checkpoint(config: Path, dataset: Path, out: Path) -> Path:
+    """A medcl checkpoint with untrained weights for ``config`` on ``dataset``."""
+    cfg = load_config(config)
+    info = load_dataset(dataset)
+    spec = data_spec(cfg, info)
+    method = build_method(cfg, spec)
+    state = {
+        "step": 0,
+        "method": cfg.method_name,
+        "config": cfg.model_dump(mode="json"),
+        "data_spec": {
+            "in_channels": spec.in_channels,
+            "num_classes": spec.num_classes,
+            "class_names": list(spec.class_names),
+            "spatial_dims": spec.spatial_dims,
+            "patch_size": list(spec.patch_size),
+            "modality": spec.modality,
+        },
+        "model": method.state_dict(),
+    }
+    return save_checkpoint(state, out)
+
+
+def hippocampus_timings(n: int, tmp: Path) -> dict:
+    dataset = DATA / "Task04_Hippocampus"
+    ckpt = random_checkpoint(REPO / "configs/hippocampus/supervised.yaml", dataset, tmp / "hippo.pt")
+    predictor = Predictor.load(str(ckpt), device="cpu")
+    cases = load_dataset(dataset).cases[:n]
+    inferer = make_inferer(2, predictor.spec.patch_size, slice_axis=predictor.cfg.data.slice_axis,
+                           sw_batch_size=predictor.sw_batch_size)
+    tensors = [predictor.preprocess({"image": str(c.images[0])})["image"].as_tensor().unsqueeze(0) for c in cases]
+    predictor.segment(cases[0].images)  # warm-up
+    medcl, medcl_tta, bare = [], [], []
+    with torch.no_grad():
+        for case, x in zip(cases, tensors, strict=True):
+            start = time.perf_counter()
+            torch.softmax(inferer(x, predictor.net), 1).argmax(1)
+            bare.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            seg = predictor.segment(case.images)
+            write_labels(seg.labels, case.images[0], tmp / f"{case.id}.nii.gz")
+            medcl.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            seg = predictor.segment(case.images, tta=True)
+            write_labels(seg.labels, case.images[0], tmp / f"{case.id}.nii.gz")
+            medcl_tta.append(time.perf_counter() - start)
+    b, m, t = (statistics.median(v) for v in (bare, medcl, medcl_tta))
+    return {
+        "protocol": f"Task04_Hippocampus first {n} cases, 2D BasicUNet [32,32,64,128,256,32]->"
+        f"{predictor.cfg.model.features}, 64x64 slice windows, overlap 0.5 gaussian, CPU threads={torch.get_num_threads()}",
+        "bare_sliding_window_s_median": round(b, 4),
+        "medcl_infer_s_median": round(m, 4),
+        "medcl_infer_tta_s_median": round(t, 4),
+        "medcl_overhead_vs_bare": f"{(m / b - 1) * 100:+.1f}%",
+        "tta_cost": f"x{t / m:.2f}",
+    }
+
+
+LA_CHILD = """
+import resource, sys, time, torch
+from medcl.inference.predictor import Predictor
+torch.set_num_threads({threads})
+p = Predictor.load(sys.argv[1], device="cpu")
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start = time.perf_counter()
+seg = p.segment([sys.argv[2]])
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, before / 1024, time.perf_counter() - start, seg.labels.shape)
+"""
+
+
+def la_memory(tmp: Path) -> dict:
+    dataset = DATA / "LA2018"
+    ckpt = random_checkpoint(REPO / "configs/la2018/supervised.yaml", dataset, tmp / "la.pt")
+    case = load_dataset(dataset).cases[0]
+    code = LA_CHILD.format(threads=torch.get_num_threads())
+    out = subprocess.run([sys.executable, "-c", code, str(ckpt), str(case.images[0])], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-2000:])
+    peak, base, seconds, shape = out.stdout.strip().splitlines()[-1].split(" ", 3)
+    return {
+        "la_case": case.id,
+        "la_shape": shape,
+        "la_peak_rss_mib": round(float(peak)),
+        "la_rss_before_predict_mib": round(float(base)),
+        "la_seconds": round(float(seconds), 1),
+        "la_model": "3D BasicUNet [16,32,64,128,256,16], 112x112x80 windows, overlap 0.5, sw_batch_size 4",
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", type=int, default=20)
+    parser.add_argument("--la", action="store_true", help="also measure LA2018 3D peak memory")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        result = hippocampus_timings(args.cases, Path(tmp))
+        if args.la:
+            result.update(la_memory(Path(tmp)))
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
