@@ -82,7 +82,9 @@ def main() -> None:
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "Task04_Hippocampus"))
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument(
+        "--workers", type=int, default=0, help="data.num_workers (default 0, the config default)"
+    )
     args = parser.parse_args()
 
     cfg = load_config(

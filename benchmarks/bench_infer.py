@@ -67,9 +67,15 @@ def hippocampus_timings(n: int, tmp: Path) -> dict:
     ckpt = random_checkpoint(REPO / "configs/hippocampus/supervised.yaml", dataset, tmp / "hippo.pt")
     predictor = Predictor.load(str(ckpt), device="cpu")
     cases = load_dataset(dataset).cases[:n]
-    inferer = make_inferer(2, predictor.spec.patch_size, slice_axis=predictor.cfg.data.slice_axis,
-                           sw_batch_size=predictor.sw_batch_size)
-    tensors = [predictor.preprocess({"image": str(c.images[0])})["image"].as_tensor().unsqueeze(0) for c in cases]
+    inferer = make_inferer(
+        2,
+        predictor.spec.patch_size,
+        slice_axis=predictor.cfg.data.slice_axis,
+        sw_batch_size=predictor.sw_batch_size,
+    )
+    tensors = [
+        predictor.preprocess({"image": str(c.images[0])})["image"].as_tensor().unsqueeze(0) for c in cases
+    ]
     predictor.segment(cases[0].images)  # warm-up
     medcl, medcl_tta, bare = [], [], []
     with torch.no_grad():
@@ -87,7 +93,7 @@ def hippocampus_timings(n: int, tmp: Path) -> dict:
             medcl_tta.append(time.perf_counter() - start)
     b, m, t = (statistics.median(v) for v in (bare, medcl, medcl_tta))
     return {
-        "protocol": f"Task04_Hippocampus first {n} cases, 2D BasicUNet [32,32,64,128,256,32]->"
+        "protocol": f"Task04_Hippocampus first {n} cases, 2D BasicUNet "
         f"{predictor.cfg.model.features}, 64x64 slice windows, overlap 0.5 gaussian, CPU threads={torch.get_num_threads()}",
         "bare_sliding_window_s_median": round(b, 4),
         "medcl_infer_s_median": round(m, 4),
@@ -114,7 +120,9 @@ def la_memory(tmp: Path) -> dict:
     ckpt = random_checkpoint(REPO / "configs/la2018/supervised.yaml", dataset, tmp / "la.pt")
     case = load_dataset(dataset).cases[0]
     code = LA_CHILD.format(threads=torch.get_num_threads())
-    out = subprocess.run([sys.executable, "-c", code, str(ckpt), str(case.images[0])], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(ckpt), str(case.images[0])], capture_output=True, text=True
+    )
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-2000:])
     peak, base, seconds, shape = out.stdout.strip().splitlines()[-1].split(" ", 3)
@@ -129,7 +137,9 @@ def la_memory(tmp: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--cases", type=int, default=20)
     parser.add_argument("--la", action="store_true", help="also measure LA2018 3D peak memory")
     args = parser.parse_args()

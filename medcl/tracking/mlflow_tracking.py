@@ -73,7 +73,9 @@ def resolve_checkpoint(source: str, tracking_uri: str | None, output: str | Path
     uri, _ = resolve_store(tracking_uri, output)
     try:
         if source.startswith("models:/"):
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=uri, registry_uri=uri))
+            local = Path(
+                mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=uri, registry_uri=uri)
+            )
             found = sorted(local.rglob("model.pt"))
             if not found:
                 raise MedclError(f"{source} holds no medcl inference checkpoint (extra_files/model.pt)")
