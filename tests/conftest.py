@@ -44,6 +44,38 @@ def hippocampus(shared_data: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def hippo(hippocampus: Path) -> Path:
+    return hippocampus
+
+
+MINI_IDS = ("hippocampus_001", "hippocampus_004", "hippocampus_006")
+
+
+@pytest.fixture
+def mini(hippocampus: Path, tmp_path: Path) -> Path:
+    """MSD-layout copy of three real Hippocampus cases, for tests that break or extend a dataset."""
+    import json
+    import shutil
+
+    root = tmp_path / "mini"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    for case_id in MINI_IDS:
+        shutil.copy(hippocampus / "imagesTr" / f"{case_id}.nii.gz", root / "imagesTr")
+        shutil.copy(hippocampus / "labelsTr" / f"{case_id}.nii.gz", root / "labelsTr")
+    data = {
+        "name": "mini",
+        "modality": {"0": "MRI"},
+        "labels": {"0": "background", "1": "Anterior", "2": "Posterior"},
+        "training": [
+            {"image": f"./imagesTr/{i}.nii.gz", "label": f"./labelsTr/{i}.nii.gz"} for i in MINI_IDS
+        ],
+    }
+    (root / "dataset.json").write_text(json.dumps(data))
+    return root
+
+
+@pytest.fixture(scope="session")
 def _migrated_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One migrated SQLite MLflow store per session (a fresh store runs migrations for seconds)."""
     import mlflow

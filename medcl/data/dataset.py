@@ -188,9 +188,9 @@ def load_dataset(root: str | Path, unlabeled_dir: str | Path | None = None) -> D
         raise DataError(f"Dataset path {root} is not a folder; give the folder that holds dataset.json.")
     root = root.resolve()
     json_path = root / "dataset.json"
-    data = _read_dataset_json(json_path)
+    data = read_dataset_json(json_path)
 
-    labels = _parse_labels(data, json_path)
+    labels = parse_labels(data, json_path)
     channel_names = _parse_channel_names(data, json_path)
     extensions = _parse_file_ending(data, json_path)
     nnunet_names = "channel_names" in data
@@ -223,7 +223,7 @@ def load_dataset(root: str | Path, unlabeled_dir: str | Path | None = None) -> D
 # dataset.json fields
 
 
-def _read_dataset_json(json_path: Path) -> dict[str, Any]:
+def read_dataset_json(json_path: Path) -> dict[str, Any]:
     if not json_path.is_file():
         raise DataError(
             f"Dataset folder {json_path.parent} has no dataset.json; medcl expects the MSD or nnU-Net v2 "
@@ -248,7 +248,7 @@ def _is_int_text(value: Any) -> bool:
     return isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value) is not None
 
 
-def _parse_labels(data: dict[str, Any], json_path: Path) -> dict[int, str]:
+def parse_labels(data: dict[str, Any], json_path: Path) -> dict[int, str]:
     """Label map as value -> name from either the MSD (value -> name) or nnU-Net (name -> value) form."""
     raw = data.get("labels")
     if raw is None:

@@ -500,13 +500,13 @@ def load_labels(path: str | Path) -> dict[int, str]:
         DataError: The file is missing, not JSON, or has no valid ``"labels"`` map.
     """
     # dataset.py owns the parsing of dataset.json; only its label map is needed here.
-    from medcl.data.dataset import _parse_labels, _read_dataset_json
+    from medcl.data.dataset import parse_labels, read_dataset_json
 
     path = Path(path).expanduser()
     json_path = path / "dataset.json" if path.is_dir() else path
     if not json_path.is_file():
         raise DataError(f"Labels file {json_path} does not exist; give a dataset.json or its folder.")
-    return _parse_labels(_read_dataset_json(json_path), json_path)
+    return parse_labels(read_dataset_json(json_path), json_path)
 
 
 def infer_labels(gt_dir: str | Path) -> dict[int, str]:

@@ -15,7 +15,8 @@ import pytest
 from medcl.commands.data import add_parser
 from medcl.errors import DataError, MedclError
 
-IDS = ("hippocampus_001", "hippocampus_004", "hippocampus_006")
+IDS = ("hippocampus_001", "hippocampus_004", "hippocampus_006")  # the cases of the `mini` fixture
+
 BAD = "hippocampus_004"
 
 
@@ -30,29 +31,6 @@ def build_parser() -> argparse.ArgumentParser:
 def medcl(*argv: str | Path) -> int:
     args = build_parser().parse_args([str(a) for a in argv])
     return args.func(args)
-
-
-@pytest.fixture(scope="module")
-def hippo(shared_data: Path) -> Path:
-    return shared_data / "Task04_Hippocampus"
-
-
-@pytest.fixture
-def mini(hippo: Path, tmp_path: Path) -> Path:
-    root = tmp_path / "mini"
-    (root / "imagesTr").mkdir(parents=True)
-    (root / "labelsTr").mkdir()
-    for case_id in IDS:
-        shutil.copy(hippo / "imagesTr" / f"{case_id}.nii.gz", root / "imagesTr")
-        shutil.copy(hippo / "labelsTr" / f"{case_id}.nii.gz", root / "labelsTr")
-    data = {
-        "name": "mini",
-        "modality": {"0": "MRI"},
-        "labels": {"0": "background", "1": "Anterior", "2": "Posterior"},
-        "training": [{"image": f"./imagesTr/{i}.nii.gz", "label": f"./labelsTr/{i}.nii.gz"} for i in IDS],
-    }
-    (root / "dataset.json").write_text(json.dumps(data))
-    return root
 
 
 # --- broken files: each one gets an error line naming the file, and exit status 1 -----------------------------

@@ -24,32 +24,9 @@ from medcl.data.validate import (
 )
 from medcl.errors import DataError
 
-IDS = ("hippocampus_001", "hippocampus_004", "hippocampus_006")
+IDS = ("hippocampus_001", "hippocampus_004", "hippocampus_006")  # the cases of the `mini` fixture
+
 BAD = "hippocampus_004"  # the case each test breaks
-
-
-@pytest.fixture(scope="module")
-def hippo(shared_data: Path) -> Path:
-    return shared_data / "Task04_Hippocampus"
-
-
-@pytest.fixture
-def mini(hippo: Path, tmp_path: Path) -> Path:
-    """MSD copy of three real Hippocampus cases."""
-    root = tmp_path / "mini"
-    (root / "imagesTr").mkdir(parents=True)
-    (root / "labelsTr").mkdir()
-    for case_id in IDS:
-        shutil.copy(hippo / "imagesTr" / f"{case_id}.nii.gz", root / "imagesTr")
-        shutil.copy(hippo / "labelsTr" / f"{case_id}.nii.gz", root / "labelsTr")
-    data = {
-        "name": "mini",
-        "modality": {"0": "MRI"},
-        "labels": {"0": "background", "1": "Anterior", "2": "Posterior"},
-        "training": [{"image": f"./imagesTr/{i}.nii.gz", "label": f"./labelsTr/{i}.nii.gz"} for i in IDS],
-    }
-    (root / "dataset.json").write_text(json.dumps(data))
-    return root
 
 
 def image_path(root: Path, case_id: str = BAD) -> Path:
