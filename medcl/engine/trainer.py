@@ -72,6 +72,8 @@ def overlay(image: np.ndarray, label: np.ndarray, pred: np.ndarray) -> np.ndarra
     for mask in (label, pred):
         panels.append(label2rgb(mask, image=gray, alpha=0.35, bg_label=0, image_alpha=1.0))
     pic = np.concatenate([np.rot90(p) for p in panels], axis=1)
+    zoom = min(8, max(1, 192 // min(pic.shape[:2])))  # small slices are enlarged (nearest) for the UI
+    pic = pic.repeat(zoom, axis=0).repeat(zoom, axis=1)
     return (np.clip(pic, 0, 1) * 255).astype(np.uint8)
 
 
