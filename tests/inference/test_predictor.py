@@ -162,3 +162,50 @@ def test_bad_inputs(golden, hippocampus: Path, tmp_path: Path) -> None:
     nib.save(nib.Nifti1Image(data, np.eye(4)), nan)
     with pytest.raises(DataError, match="NaN"):
         predictor.segment([nan])
+
+
+def write_dicom_series(src: Path, folder: Path) -> sitk.Image:
+    """Store a real volume as a DICOM series (int16 slices with position/orientation tags)."""
+    img = sitk.Cast(sitk.RescaleIntensity(sitk.ReadImage(str(src)), 0, 1000), sitk.sitkInt16)
+    img.SetSpacing((1.0, 1.0, 2.0))
+    folder.mkdir()
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    direction = img.GetDirection()
+    series_uid = "1.2.826.0.1.3680043.2.1125.1"
+    for z in range(img.GetDepth()):
+        s = img[:, :, z]
+        position = img.TransformIndexToPhysicalPoint((0, 0, z))
+        tags = {
+            "0008|0060": "MR",
+            "0020|000e": series_uid,
+            "0020|000d": series_uid + ".0",
+            "0020|0013": str(z + 1),
+            "0020|0032": "\\".join(map(str, position)),
+            "0020|0037": "\\".join(map(str, direction[0:3] + direction[3:6])),
+            "0018|0050": "2.0",
+        }
+        for k, v in tags.items():
+            s.SetMetaData(k, v)
+        writer.SetFileName(str(folder / f"slice{z:03d}.dcm"))
+        writer.Execute(s)
+    return img
+
+
+def test_dicom_series_folder_becomes_an_aligned_nifti(golden, hippocampus: Path, tmp_path: Path) -> None:
+    from medcl.commands.infer import collect_inputs, output_path
+
+    predictor, *_ = golden
+    series = tmp_path / "series"
+    original = write_dicom_series(hippocampus / "imagesTr" / "hippocampus_001.nii.gz", series)
+    cases = collect_inputs([str(series)])
+    assert len(cases) == 1 and cases[0].paths == [series]
+    seg = predictor.segment(cases[0].paths)
+    target = output_path(cases[0], tmp_path / "out", "same")
+    assert target.name == "series.nii.gz"
+    back = sitk.ReadImage(str(write_labels(seg.labels, series, target)))
+    assert back.GetSize() == original.GetSize()
+    np.testing.assert_allclose(back.GetSpacing(), (1.0, 1.0, 2.0), atol=1e-4)
+    np.testing.assert_allclose(back.GetOrigin(), original.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(back.GetDirection(), original.GetDirection(), atol=1e-6)
+    assert (seg.labels > 0).sum() > 100  # the network still finds the hippocampus in the rescaled series
