@@ -61,7 +61,7 @@ def engine_loop(cfg, spec, sampler, steps: int, out: Path, tag: str) -> float:
     uri, root = resolve_store(None, out)
     tracker = MlflowTracker(uri, root, "bench")
     tracker.start(run_name=f"engine-{tag}")
-    batches = TrainBatches(sampler, None, seed=cfg.train.seed)
+    batches = TrainBatches({"labeled": sampler}, seed=cfg.train.seed)
     cfg = cfg.model_copy(deep=True)
     cfg.train.steps = steps + 3
     trainer = Trainer(cfg, method, spec, batches, [], out / tag, tracker=tracker, progress=False)
@@ -107,7 +107,7 @@ def main() -> None:
     )
     torch.manual_seed(0)
     method = build_method(cfg, spec)
-    batch = {"labeled": sampler.sample(0, 0, 0), "unlabeled": None}
+    batch = {"labeled": sampler.sample(0, 0, 0)}
 
     bare, engine = [], []
     with tempfile.TemporaryDirectory() as tmp:

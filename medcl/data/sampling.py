@@ -185,11 +185,10 @@ class StepSampler:
 
 
 class TrainBatches(TorchDataset):
-    """Map-style dataset whose item ``s`` is the whole (labeled, unlabeled) batch of step ``s``."""
+    """Map-style dataset whose item ``s`` is the batch of step ``s`` of every stream: ``{stream: batch}``."""
 
-    def __init__(self, labeled: StepSampler, unlabeled: StepSampler | None, *, seed: int, rank: int = 0):
-        self.labeled = labeled
-        self.unlabeled = unlabeled
+    def __init__(self, samplers: dict[str, Any], *, seed: int, rank: int = 0):
+        self.samplers = samplers
         self.seed = seed
         self.rank = rank
 
@@ -197,12 +196,7 @@ class TrainBatches(TorchDataset):
         return 2**62
 
     def __getitem__(self, step: int) -> dict[str, Any]:
-        return {
-            "labeled": self.labeled.sample(self.seed, self.rank, step),
-            "unlabeled": None
-            if self.unlabeled is None
-            else self.unlabeled.sample(self.seed, self.rank, step),
-        }
+        return {name: sampler.sample(self.seed, self.rank, step) for name, sampler in self.samplers.items()}
 
 
 def _collate_none(batch: Any) -> Any:

@@ -16,9 +16,9 @@ from monai.utils import set_determinism
 
 from medcl.config import Config, build_config, flatten
 from medcl.data.dataset import DatasetInfo, load_dataset
-from medcl.data.sampling import StepSampler, TrainBatches, preprocess_volumes
+from medcl.data.sampling import TrainBatches, preprocess_volumes
 from medcl.data.splits import Splits, make_splits
-from medcl.data.transforms import batch_transforms, resolve_modality, sample_transforms, volume_transforms
+from medcl.data.transforms import resolve_modality, volume_transforms
 from medcl.engine import distributed as dist
 from medcl.engine.checkpoint import load_checkpoint, save_checkpoint
 from medcl.engine.trainer import Trainer, TrainResult, resolve_device
@@ -84,6 +84,18 @@ def init_weights(method: torch.nn.Module, source: str, cfg: Config) -> int:
     return len(matched)
 
 
+def stream_case_ids(stream: str, splits: Splits) -> list[str]:
+    """Case ids feeding a stream: ``labeled`` and ``unlabeled`` from their subsets; ``images`` (label-free
+    pretraining) from every training case, labeled or not; validation and test cases never train."""
+    if stream == "labeled":
+        return list(splits.labeled)
+    if stream == "unlabeled":
+        return list(splits.unlabeled)
+    if stream == "images":
+        return [*splits.labeled, *splits.unlabeled]
+    raise ValueError(f"unknown data stream {stream!r}; known: labeled, unlabeled, images")
+
+
 def _new_run_name(cfg: Config, info: DatasetInfo) -> str:
     return cfg.tracking.run_name or f"{cfg.method_name}-{info.name}-{time.strftime('%Y%m%d-%H%M%S')}".replace(
         " ", "_"
@@ -126,8 +138,6 @@ def train(
         splits.check_against(info)
     else:
         splits = default_splits(info, cfg.train.seed)
-    if not splits.labeled:
-        raise MedclError(f"the splits file {cfg.data.splits} has no labeled cases to train on")
     spec = data_spec(cfg, info)
     method = build_method(cfg, spec)
     method.inference_network().check_spatial_shape(cfg.data.patch_size)  # e.g. SwinUNETR: multiples of 32
@@ -138,35 +148,19 @@ def train(
     modality = resolve_modality(cfg.data, info.modality)
     cache_dir = cfg.data.cache_dir or str(Path(cfg.output).resolve() / "cache")
     common = dict(cache=cfg.data.cache, cache_dir=cache_dir, progress=progress and dist.is_main())
-    labeled_cases = [info.case(i) for i in splits.labeled]
-    vols = preprocess_volumes(
-        labeled_cases, volume_transforms(cfg.data, modality, with_label=True), with_label=True, **common
-    )
-    pos = cfg.data.pos_fraction if cfg.data.spatial_dims == 3 else None
-    labeled = StepSampler(
-        vols,
-        sample_transforms(cfg.data.augment, cfg.data.patch_size, with_label=True, pos_fraction=pos),
-        cfg.data.batch_size,
-        spatial_dims=cfg.data.spatial_dims,
-        slice_axis=cfg.data.slice_axis,
-        stream=0,
-        batch_transform=batch_transforms(cfg.data.augment),
-    )
-    unlabeled = None
-    if method.uses_unlabeled and splits.unlabeled and cfg.data.unlabeled_batch_size > 0:
-        ucases = [info.case(i) for i in splits.unlabeled]
-        uvols = preprocess_volumes(
-            ucases, volume_transforms(cfg.data, modality, with_label=False), with_label=False, **common
-        )
-        unlabeled = StepSampler(
-            uvols,
-            sample_transforms(cfg.data.augment, cfg.data.patch_size, with_label=False),
-            cfg.data.unlabeled_batch_size,
-            spatial_dims=cfg.data.spatial_dims,
-            slice_axis=cfg.data.slice_axis,
-            stream=1,
-            batch_transform=batch_transforms(cfg.data.augment),
-        )
+    samplers = {}
+    for index, (stream, with_label) in enumerate(method.streams.items()):
+        ids = stream_case_ids(stream, splits)
+        if not ids:
+            if stream == "labeled":
+                raise MedclError(f"the splits file {cfg.data.splits} has no labeled cases to train on")
+            log.warning("no cases for the %s stream in the splits; training without it", stream)
+            continue
+        transform = volume_transforms(cfg.data, modality, with_label=with_label)
+        volumes = preprocess_volumes([info.case(i) for i in ids], transform, with_label=with_label, **common)
+        sampler = method.build_sampler(stream, volumes, stream_index=index)
+        if sampler is not None:
+            samplers[stream] = sampler
     val_vols: list[dict[str, Any]] = []
     if dist.is_main() and splits.val:
         val_cases = [info.case(i) for i in splits.val]
@@ -215,7 +209,7 @@ def train(
 
     status = "FAILED"
     try:
-        batches = TrainBatches(labeled, unlabeled, seed=cfg.train.seed, rank=dist.rank())
+        batches = TrainBatches(samplers, seed=cfg.train.seed, rank=dist.rank())
         trainer = Trainer(cfg, method, spec, batches, val_vols, run_dir, tracker=tracker, progress=progress)
         if resume_path is not None:
             trainer.load(resume_path)

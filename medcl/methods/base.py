@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from medcl.config import Config
+from medcl.data.sampling import StepSampler
+from medcl.data.transforms import batch_transforms, sample_transforms
 from medcl.models.networks import SegNet, build_network
 
 
@@ -47,7 +49,10 @@ class Method(nn.Module, metaclass=ABCMeta):
 
     name: ClassVar[str]
     Params: ClassVar[type[MethodParams]] = MethodParams
-    uses_unlabeled: ClassVar[bool] = False
+    #: Data streams the method trains on, each mapped to whether its cases' labels are loaded:
+    #: ``labeled`` (splits.labeled), ``unlabeled`` (splits.unlabeled), ``images`` (every training case,
+    #: labels never read: contrastive pretraining). Each becomes ``batch[<stream>]`` in ``training_step``.
+    streams: ClassVar[dict[str, bool]] = {"labeled": True}
 
     def __init__(self, cfg: Config, spec: DataSpec) -> None:
         super().__init__()
@@ -75,6 +80,28 @@ class Method(nn.Module, metaclass=ABCMeta):
     @abstractmethod
     def inference_network(self) -> SegNet:
         """The network used for validation, checkpoints-for-inference and the logged model."""
+
+    def build_sampler(self, stream: str, volumes: list[dict[str, Any]], *, stream_index: int) -> Any:
+        """The sampler of one stream over its preprocessed volumes.
+
+        The default draws ``data.batch_size`` (labeled) or ``data.unlabeled_batch_size`` (other streams)
+        augmented slices/patches per step; methods with special batches (partitions, paired views) override it.
+        """
+        data = self.cfg.data
+        labeled = self.streams[stream]
+        pos = data.pos_fraction if data.spatial_dims == 3 and labeled else None
+        size = data.batch_size if stream == "labeled" else data.unlabeled_batch_size
+        if size == 0:
+            return None
+        return StepSampler(
+            volumes,
+            sample_transforms(data.augment, data.patch_size, with_label=labeled, pos_fraction=pos),
+            size,
+            spatial_dims=data.spatial_dims,
+            slice_axis=data.slice_axis,
+            stream=stream_index,
+            batch_transform=batch_transforms(data.augment),
+        )
 
     def param_groups(self) -> list[dict[str, Any]]:
         """Optimiser parameter groups; override for per-network learning rates."""

@@ -74,7 +74,7 @@ def test_batches_are_a_function_of_seed_rank_and_step(volumes) -> None:
     assert not torch.equal(a["image"], sampler.sample(seed=0, rank=1, step=5)["image"])
     assert set(torch.unique(a["label"]).tolist()) <= {0, 1, 2}  # nearest interpolation keeps label values
     # A loader starting mid-run yields exactly the batches of those steps (what --resume relies on).
-    batches = TrainBatches(sampler, None, seed=0)
+    batches = TrainBatches({"labeled": sampler}, seed=0)
     late = [b["labeled"]["image"] for b in step_loader(batches, 4, 6, num_workers=1)]
     torch.testing.assert_close(late[1], a["image"])
 
