@@ -58,6 +58,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         ("data", "data.path"),
         ("splits", "data.splits"),
         ("init", "init"),
+        ("labeled", "data.labeled"),
         ("steps", "train.steps"),
         ("seed", "train.seed"),
         ("output", "output"),

@@ -130,6 +130,42 @@ class Splits:
             raise DataError(f"Cannot write splits file {path}: {err.strerror or err}.") from err
         self.path = path
 
+    def with_labeled(self, n: int, *, group_by: str | None = None, seed: int | None = None) -> Splits:
+        """Keep ``n`` groups of the labeled cases labeled and move the rest to ``unlabeled``.
+
+        The label-fraction protocols of the semi-supervised papers take the *first* N patients of the training
+        list (SSL4MIS, MCSC, ACTION); that is the default. With ``seed`` the N groups are drawn at random
+        instead. Groups (e.g. ``patient\\d+`` for the two ACDC frames of a patient) stay together.
+
+        Raises:
+            ConfigError: ``n`` is below 1 or above the number of labeled groups.
+        """
+        groups = _group_cases(list(self.labeled), group_by)
+        keys = list(groups)
+        if not 1 <= n <= len(keys):
+            raise ConfigError(
+                f"--labeled {n}: the labeled pool of {self.path or 'the splits'} has {len(keys)} group(s)"
+                + (f" (group_by {group_by!r})" if group_by else "")
+            )
+        if seed is not None:
+            keys = sorted(keys)
+            random.Random(seed).shuffle(keys)
+        keep = {case for key in keys[:n] for case in groups[key]}
+        meta = {
+            **self.meta,
+            "labeled_groups": n,
+            "labeled_group_by": group_by,
+            "labeled_selection": "first" if seed is None else f"random seed {seed}",
+        }
+        return Splits(
+            labeled=[c for c in self.labeled if c in keep],
+            unlabeled=[*self.unlabeled, *[c for c in self.labeled if c not in keep]],
+            val=list(self.val),
+            test=list(self.test),
+            meta=meta,
+            path=self.path,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON form: the four subsets and ``meta``."""
         return {

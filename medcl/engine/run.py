@@ -138,6 +138,8 @@ def train(
         splits.check_against(info)
     else:
         splits = default_splits(info, cfg.train.seed)
+    if cfg.data.labeled is not None:
+        splits = splits.with_labeled(cfg.data.labeled, group_by=cfg.data.group_by)
     spec = data_spec(cfg, info)
     method = build_method(cfg, spec)
     method.inference_network().check_spatial_shape(cfg.data.patch_size)  # e.g. SwinUNETR: multiples of 32

@@ -271,3 +271,16 @@ def test_check_against_unlabeled_case_in_labeled_subset(tmp_path: Path):
     Splits(labeled=["c0"], unlabeled=["u0"]).check_against(info)
     with pytest.raises(DataError, match=r"The splits: 1 case\(s\) of 'test' have no label .*: u0; move them"):
         Splits(labeled=["c0"], test=["u0"]).check_against(info)
+
+
+def test_with_labeled_keeps_the_first_patients_whole(shared_data) -> None:
+    acdc = Splits.load(shared_data / "ACDC" / "splits.json")
+    three = acdc.with_labeled(3, group_by=r"patient\d+")
+    assert three.labeled == acdc.labeled[:6]  # 3 patients x 2 frames, in the file's order
+    assert set(three.unlabeled) == set(acdc.labeled[6:]) and three.val == acdc.val
+    assert three.meta["labeled_groups"] == 3
+    drawn = acdc.with_labeled(2, group_by=r"patient\d+", seed=1)
+    assert len(drawn.labeled) == 4 and len({c[:10] for c in drawn.labeled}) == 2
+    assert drawn.labeled == acdc.with_labeled(2, group_by=r"patient\d+", seed=1).labeled
+    with pytest.raises(ConfigError, match="has 70 group"):
+        acdc.with_labeled(71, group_by=r"patient\d+")
