@@ -54,6 +54,14 @@ class DataConfig(Section):
     unlabeled_dir: str | None = Field(
         None, description="Extra folder of unlabeled images (besides imagesTs/)."
     )
+    labeled: int | None = Field(
+        None,
+        ge=1,
+        description="Keep the first N labeled groups of the splits, the rest unlabeled (--labeled).",
+    )
+    group_by: str | None = Field(
+        None, description="Regex grouping case ids for data.labeled, e.g. 'patient\\d+' (both ACDC frames)."
+    )
     spatial_dims: Literal[2, 3] = Field(2, description="2: train on slices of 3D volumes; 3: on 3D patches.")
     patch_size: list[int] = Field(
         [64, 64], description="Training patch (2 or 3 values) = sliding-window ROI."

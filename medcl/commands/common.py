@@ -20,6 +20,13 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
         "--init", metavar="CKPT|RUN", help="initialise weights from a checkpoint, run id or runs:/ URI"
     )
     p.add_argument(
+        "--labeled",
+        type=int,
+        metavar="N",
+        help="keep the first N labeled groups of the splits (grouped by data.group_by, e.g. ACDC patients); "
+        "the other labeled cases become unlabeled -> data.labeled",
+    )
+    p.add_argument(
         "--steps", type=int, help="total optimiser steps -> train.steps (raise for better accuracy)"
     )
     p.add_argument("--seed", type=int, help="random seed -> train.seed (repeat runs with 2-3 seeds)")

@@ -7,6 +7,7 @@ import math
 import os
 
 from medcl.commands.common import add_training_flags, config_from_args
+from medcl.errors import ConfigError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -17,7 +18,33 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "3D volumes and tracking everything in MLflow.",
     )
     add_training_flags(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, expect=None)
+
+    p = subparsers.add_parser(
+        "pretrain",
+        help="contrastive pretraining on unlabeled images (global, then local stage)",
+        description="Pretrain on every training image of the dataset, labels never read: the global stage "
+        "(encoder + g1, configs/<dataset>/pretrain_global.yaml) then the local stage (frozen encoder, decoder "
+        "blocks + g2, pretrain_local.yaml, --init <global run>). Chaitanya et al., NeurIPS 2020.",
+    )
+    add_training_flags(p)
+    p.add_argument(
+        "--strategy",
+        help="global: GR, GD- or GD (default GD); local: LR or LD (default LR) -> method.strategy",
+    )
+    p.add_argument(
+        "--partitions", type=int, metavar="S", help="partitions per volume (paper: 4) -> method.partitions"
+    )
+    p.set_defaults(func=run, expect="pretrain")
+
+    p = subparsers.add_parser(
+        "finetune",
+        help="fine-tune a pretrained model on the few labeled cases (supervised)",
+        description="Supervised training on the labeled cases of --splits (or the first --labeled N groups), "
+        "initialised with --init from a pretraining run or checkpoint; the projection heads are dropped.",
+    )
+    add_training_flags(p)
+    p.set_defaults(func=run, expect="finetune")
 
 
 def format_result(result) -> str:
@@ -41,8 +68,26 @@ def format_result(result) -> str:
 def run(args: argparse.Namespace) -> int:
     from medcl.engine.run import train
 
+    extra = []
+    if getattr(args, "strategy", None):
+        extra.append(f"method.strategy={args.strategy}")
+    if getattr(args, "partitions", None):
+        extra.append(f"method.partitions={args.partitions}")
+    args.overrides = [*extra, *args.overrides]
     cfg = config_from_args(args)
-    result = train(cfg, resume=args.resume, progress=not args.no_progress)
+    if args.expect == "pretrain" and not cfg.method_name.startswith("pretrain_"):
+        raise ConfigError(
+            f"medcl pretrain needs a pretraining config (method.name pretrain_*), got {cfg.method_name!r}"
+        )
+    if args.expect == "finetune":
+        if cfg.method_name != "supervised":
+            raise ConfigError(
+                f"medcl finetune trains the supervised method, got method.name {cfg.method_name!r}"
+            )
+        if not cfg.init and not args.resume:
+            print("note: no --init given: fine-tuning from random initialisation (the baseline)")
+    tags = {"medcl.stage": args.expect or "train"}
+    result = train(cfg, resume=args.resume, progress=not args.no_progress, tags=tags)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
         print(format_result(result))
     return 0

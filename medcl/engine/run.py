@@ -70,9 +70,13 @@ def find_resume_checkpoint(resume: str, output: str | Path) -> Path:
     return path
 
 
-def init_weights(method: torch.nn.Module, source: str, cfg: Config) -> int:
-    """Copy every weight of a checkpoint whose name and shape match into ``method``; return how many."""
-    state = load_checkpoint(resolve_checkpoint(source, cfg.tracking.uri, cfg.output))["model"]
+def init_weights(method: torch.nn.Module, source: str, cfg: Config) -> str | None:
+    """Copy every weight of a checkpoint whose name and shape match into ``method``.
+
+    Returns the MLflow run id stored in the checkpoint (the run it came from), if any.
+    """
+    loaded = load_checkpoint(resolve_checkpoint(source, cfg.tracking.uri, cfg.output))
+    state, state_run_id = loaded["model"], loaded.get("mlflow_run_id")
     own = method.state_dict()
     matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not matched:
@@ -81,7 +85,7 @@ def init_weights(method: torch.nn.Module, source: str, cfg: Config) -> int:
         )
     method.load_state_dict(matched, strict=False)
     log.info("initialised %d of %d tensors from %s", len(matched), len(own), source)
-    return len(matched)
+    return state_run_id
 
 
 def stream_case_ids(stream: str, splits: Splits) -> list[str]:
@@ -133,18 +137,21 @@ def train(
     set_determinism(seed=cfg.train.seed + dist.rank())
 
     info = load_dataset(cfg.data.path, unlabeled_dir=cfg.data.unlabeled_dir)
+    spec = data_spec(cfg, info)
+    method = build_method(cfg, spec)
+    method.inference_network().check_spatial_shape(cfg.data.patch_size)  # e.g. SwinUNETR: multiples of 32
+    init_run = None
+    if cfg.init and resume_state is None:
+        init_run = init_weights(method, cfg.init, cfg)
     if cfg.data.splits:
         splits = Splits.load(cfg.data.splits)
         splits.check_against(info)
+    elif not method.validates:  # label-free pretraining: every case of the dataset
+        splits = Splits(labeled=[c.id for c in info.cases], unlabeled=[c.id for c in info.unlabeled])
     else:
         splits = default_splits(info, cfg.train.seed)
     if cfg.data.labeled is not None:
         splits = splits.with_labeled(cfg.data.labeled, group_by=cfg.data.group_by)
-    spec = data_spec(cfg, info)
-    method = build_method(cfg, spec)
-    method.inference_network().check_spatial_shape(cfg.data.patch_size)  # e.g. SwinUNETR: multiples of 32
-    if cfg.init and resume_state is None:
-        init_weights(method, cfg.init, cfg)
 
     # Data: preprocess once, then sample slices/patches per step.
     modality = resolve_modality(cfg.data, info.modality)
@@ -164,7 +171,7 @@ def train(
         if sampler is not None:
             samplers[stream] = sampler
     val_vols: list[dict[str, Any]] = []
-    if dist.is_main() and splits.val:
+    if dist.is_main() and splits.val and method.validates:
         val_cases = [info.case(i) for i in splits.val]
         val_vols = preprocess_volumes(
             val_cases, volume_transforms(cfg.data, modality, with_label=True), with_label=True, **common
@@ -189,7 +196,12 @@ def train(
         tracker.start(
             run_name=run_dir.name,
             run_id=(resume_state or {}).get("mlflow_run_id"),
-            tags={"medcl.method": cfg.method_name, "medcl.dataset": info.name, **(tags or {})},
+            tags={
+                "medcl.method": cfg.method_name,
+                "medcl.dataset": info.name,
+                **({"medcl.init_from": init_run or cfg.init} if cfg.init else {}),
+                **(tags or {}),
+            },
             system_metrics=cfg.tracking.system_metrics,
         )
         if resume_state is None:
@@ -201,6 +213,7 @@ def train(
                     "data.n_unlabeled": len(splits.unlabeled),
                     "data.n_val": len(splits.val),
                     "data.world_size": dist.world_size(),
+                    "init_from": (init_run or cfg.init) if cfg.init else "",
                 }
             )
             tracker.log_params(params)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from medcl.methods.base import DataSpec, Method, MethodParams
+from medcl.methods.pretrain import PretrainGlobal, PretrainLocal
 from medcl.methods.supervised import Supervised
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (Supervised,)}
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (Supervised, PretrainGlobal, PretrainLocal)}
 
 __all__ = ["METHODS", "DataSpec", "Method", "MethodParams", "build_method"]
 

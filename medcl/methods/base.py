@@ -53,6 +53,8 @@ class Method(nn.Module, metaclass=ABCMeta):
     #: ``labeled`` (splits.labeled), ``unlabeled`` (splits.unlabeled), ``images`` (every training case,
     #: labels never read: contrastive pretraining). Each becomes ``batch[<stream>]`` in ``training_step``.
     streams: ClassVar[dict[str, bool]] = {"labeled": True}
+    #: Whether the engine validates segmentation on the val cases (pretraining methods do not segment).
+    validates: ClassVar[bool] = True
 
     def __init__(self, cfg: Config, spec: DataSpec) -> None:
         super().__init__()

@@ -1,0 +1,159 @@
+"""Projection heads for contrastive pre-training: ``g1`` (global) and ``g2`` (local) of Chaitanya et al. [0].
+
+* :class:`GlobalProjectionHead` maps the encoder bottleneck of an image to one vector ``z`` that the global
+  contrastive loss compares across images.
+* :class:`LocalProjectionHead` maps a decoder feature map to a feature map of the same size, whose local
+  regions the local contrastive loss compares between two intensity-augmented views.
+
+Both heads are used in pre-training only and dropped before fine-tuning. Neither normalises its output:
+the contrastive losses L2-normalise before taking cosine similarities.
+
+Shape letters: B batch, C channels, S spatial sizes (H, W or D, H, W), D the projection size.
+
+- [0] Chaitanya, Erdil, Karani, Konukoglu. Contrastive learning of global and local features for medical
+  image segmentation with limited annotations. NeurIPS 2020. https://arxiv.org/abs/2006.10511
+- [1] The authors' TensorFlow code, ``krishnabits001/domain_specific_cl`` @ e5aae80, ``models.py``
+  (``encoder_pretrain_net`` for g1, ``decoder_pretrain_net`` for g2): read for the layer sizes and the
+  bias/normalisation choices; no code is taken from it.
+"""
+
+from __future__ import annotations
+
+from monai.networks.layers import Conv, Norm
+from torch import Tensor, nn
+
+__all__ = ["GlobalProjectionHead", "LocalProjectionHead"]
+
+
+def _check_positive(name: str, value: object) -> None:
+    """Raise ValueError unless ``value`` is a positive int (bools excluded)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer; got {value!r}.")
+
+
+class GlobalProjectionHead(nn.Module):
+    """The global head g1: global average pooling, then FC ``hidden`` + ReLU, then FC ``out``, no biases.
+
+    The paper's Figure 1 caption: "Sketch of global contrastive loss used for pre-training the encoder e
+    with dense layers g1." [0]. The layer sizes and the missing biases are those of the authors' code
+    (flatten -> FC 1024 with ReLU, no bias -> FC 128, no bias) [1].
+
+    Deviation from [0]/[1]: the authors flatten a bottleneck of fixed size (6 x 6 x 128 for their 192 x 192
+    slices), so the first FC layer's width depends on the input size. Our encoders are MONAI networks that
+    take any valid patch size, and sliding-window inference and 2D/3D patches make the bottleneck size a
+    config choice; we therefore average-pool the bottleneck over space first (as SimCLR does on a ResNet),
+    which keeps the head independent of the patch size and its parameter count at
+    ``in_channels * hidden + hidden * out`` instead of ``h * w * in_channels * hidden + hidden * out``.
+
+    Args:
+        in_channels: Channels ``C`` of the encoder bottleneck, e.g. ``net.feature_channels()["embedding"]``.
+        hidden: Width of the hidden FC layer (1024 in [1]).
+        out: Size ``D`` of the projection ``z`` (128 in [1]).
+
+    Shape:
+        - Input: ``(B, C, *S)`` with one or more spatial axes (2D or 3D bottleneck maps).
+        - Output: ``(B, D)``, not normalised.
+
+    Raises:
+        ValueError: When a size is not a positive integer, or (in ``forward``) when the input has no spatial
+            axis or the wrong number of channels.
+
+    Example:
+        >>> head = GlobalProjectionHead(256)
+        >>> head(torch.randn(4, 256, 4, 4)).shape
+        torch.Size([4, 128])
+    """
+
+    def __init__(self, in_channels: int, hidden: int = 1024, out: int = 128) -> None:
+        """Build the pooling and the two bias-free linear layers."""
+        super().__init__()
+        for name, value in (("in_channels", in_channels), ("hidden", hidden), ("out", out)):
+            _check_positive(name, value)
+        self.in_channels = in_channels
+        # Bias-free, as in [1], so parameter counts and behaviour match the reference head.
+        self.mlp = nn.Sequential(
+            nn.Linear(in_channels, hidden, bias=False),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, out, bias=False),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Project a batch of bottleneck maps to vectors.
+
+        Args:
+            x: Encoder bottleneck. Shape: ``(B, C, *S)``.
+
+        Returns:
+            The projections ``z``. Shape: ``(B, D)``.
+        """
+        if x.ndim < 3 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"GlobalProjectionHead expects a (B, {self.in_channels}, *spatial) bottleneck map; "
+                f"got shape {tuple(x.shape)}."
+            )
+        # (B, C, *S) -> (B, C): the mean over all spatial axes, whatever their number and size.
+        pooled = x.flatten(2).mean(dim=2)
+        # (B, C) -> (B, hidden) -> (B, D)
+        return self.mlp(pooled)
+
+
+class LocalProjectionHead(nn.Module):
+    """The local head g2: 1x1 conv C->C + batch norm + ReLU, then a linear 1x1 conv C->C.
+
+    The paper's Figure 1 caption: "Sketch of local contrastive loss used for pre-training the decoder d_l
+    with 1 x 1 convolutional layers g2, with frozen weights of encoder e obtained from the previous training
+    stage." [0]. As in the authors' code [1], both convolutions keep the channel count and have no bias
+    (the first one's bias would be cancelled by the batch norm; the second is linear).
+
+    Args:
+        channels: Channels ``C`` of the decoder map, e.g. ``net.feature_channels()["scale_4"]``.
+        spatial_dims: 2 for slices, 3 for volumes.
+
+    Shape:
+        - Input: ``(B, C, *S)`` with ``len(S) == spatial_dims``.
+        - Output: ``(B, C, *S)``, same size, not normalised.
+
+    Raises:
+        ValueError: When ``channels`` is not a positive integer or ``spatial_dims`` is not 2 or 3, or (in
+            ``forward``) when the input does not have ``spatial_dims`` spatial axes and ``C`` channels.
+
+    Example:
+        >>> head = LocalProjectionHead(64)
+        >>> head(torch.randn(4, 64, 48, 48)).shape
+        torch.Size([4, 64, 48, 48])
+    """
+
+    def __init__(self, channels: int, spatial_dims: int = 2) -> None:
+        """Build the two 1x1 convolutions and the batch norm between them."""
+        super().__init__()
+        _check_positive("channels", channels)
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3; got {spatial_dims!r}.")
+        self.channels = channels
+        self.spatial_dims = spatial_dims
+        # MONAI's factories give Conv2d/Conv3d and BatchNorm2d/3d from the dimension.
+        conv = Conv[Conv.CONV, spatial_dims]
+        norm = Norm[Norm.BATCH, spatial_dims]
+        self.block = nn.Sequential(
+            conv(channels, channels, kernel_size=1, bias=False),
+            norm(channels),
+            nn.ReLU(inplace=True),
+            conv(channels, channels, kernel_size=1, bias=False),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Project a decoder feature map position by position.
+
+        Args:
+            x: Decoder feature map. Shape: ``(B, C, *S)``.
+
+        Returns:
+            The projected map. Shape: ``(B, C, *S)``.
+        """
+        if x.ndim != self.spatial_dims + 2 or x.shape[1] != self.channels:
+            raise ValueError(
+                f"LocalProjectionHead expects a (B, {self.channels}, *spatial) map with {self.spatial_dims} "
+                f"spatial axes; got shape {tuple(x.shape)}."
+            )
+        # (B, C, *S) -> (B, C, *S): every position is mapped independently (1x1 kernels).
+        return self.block(x)
