@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -204,18 +203,6 @@ def test_deepcopy_gets_own_recorder() -> None:
     assert teacher._recorder is not student._recorder
     out = teacher(torch.randn(1, 1, 32, 32), return_features=True)
     assert len(out.features) == 4 and student._recorder.store == {}
-
-
-def test_bare_net_pickles() -> None:
-    """torch.save of the bare MONAI network (hooks included) round-trips."""
-    net = make("unet", 2).eval()
-    buffer = io.BytesIO()
-    torch.save(net.net, buffer)
-    buffer.seek(0)
-    loaded = torch.load(buffer, weights_only=False)
-    x = torch.randn(1, 1, 32, 32)
-    with torch.no_grad():
-        assert torch.equal(loaded(x), net.net(x))
 
 
 def test_torch_export_bare_basicunet_2d() -> None:
