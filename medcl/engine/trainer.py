@@ -11,7 +11,6 @@ Checkpoints hold everything ``--resume`` needs to continue to the same result.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -330,7 +329,3 @@ def _to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, list | tuple):
         return type(batch)(_to_device(v, device) for v in batch)
     return batch
-
-
-def is_finite(x: float | None) -> bool:
-    return x is not None and math.isfinite(x)
