@@ -22,12 +22,14 @@ _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 def sitk_affine(image: sitk.Image) -> np.ndarray:
-    """4x4 RAS affine of a 3D SimpleITK image (SimpleITK's geometry is LPS)."""
-    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
-    spacing = np.asarray(image.GetSpacing(), dtype=np.float64)
+    """4x4 RAS affine from SimpleITK's LPS geometry; axes beyond the third are ignored, missing ones are unit."""
+    dim = image.GetDimension()
+    k = min(dim, 3)
+    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(dim, dim)[:k, :k]
+    spacing = np.asarray(image.GetSpacing(), dtype=np.float64)[:k]
     affine = np.eye(4)
-    affine[:3, :3] = direction * spacing[None, :]
-    affine[:3, 3] = np.asarray(image.GetOrigin(), dtype=np.float64)
+    affine[:k, :k] = direction * spacing[None, :]
+    affine[:k, 3] = np.asarray(image.GetOrigin(), dtype=np.float64)[:k]
     return _LPS_TO_RAS @ affine
 
 

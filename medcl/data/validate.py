@@ -27,10 +27,10 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from medcl.data.dataset import Case, DatasetInfo
+from medcl.data.io import sitk_affine, sitk_to_array
 from medcl.errors import DataError
 
 ANISOTROPY_WARNING = 3.0  # largest / smallest spacing above which a case gets a warning
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 @dataclass
@@ -101,7 +101,7 @@ def read_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
             affine = np.asarray(image.affine, dtype=np.float64)
         else:
             image = sitk.ReadImage(str(path))
-            array, affine = _sitk_array(image), _sitk_affine(image)
+            array, affine = sitk_to_array(image), sitk_affine(image)
     except Exception as err:  # nibabel/zlib/SimpleITK raise many types for a bad file
         raise DataError(f"Cannot read {path}: {_reason(err)}.") from err
     return array, affine
@@ -268,26 +268,6 @@ def write_report_json(reports: Sequence[CaseReport], info: DatasetInfo, path: st
 
 # ---------------------------------------------------------------------------------------------------------
 # helpers
-
-
-def _sitk_array(image: sitk.Image) -> np.ndarray:
-    """SimpleITK array ``(z, y, x[, c])`` reordered to ``(x, y, z[, c])``."""
-    array = sitk.GetArrayFromImage(image)
-    dim = image.GetDimension()
-    order = tuple(reversed(range(dim))) + tuple(range(dim, array.ndim))
-    return np.ascontiguousarray(array.transpose(order))
-
-
-def _sitk_affine(image: sitk.Image) -> np.ndarray:
-    """4x4 RAS affine from SimpleITK's LPS geometry; axes beyond the third are ignored, missing ones are unit."""
-    dim = image.GetDimension()
-    k = min(dim, 3)
-    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(dim, dim)[:k, :k]
-    spacing = np.asarray(image.GetSpacing(), dtype=np.float64)[:k]
-    affine = np.eye(4)
-    affine[:k, :k] = direction * spacing[None, :]
-    affine[:k, 3] = np.asarray(image.GetOrigin(), dtype=np.float64)[:k]
-    return _LPS_TO_RAS @ affine
 
 
 def _reason(err: BaseException) -> str:
