@@ -27,7 +27,7 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from medcl.data.dataset import Case, DatasetInfo
-from medcl.data.io import sitk_affine, sitk_to_array
+from medcl.data.io import read_sitk, sitk_affine, sitk_to_array
 from medcl.errors import DataError
 
 ANISOTROPY_WARNING = 3.0  # largest / smallest spacing above which a case gets a warning
@@ -100,7 +100,7 @@ def read_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
             array = np.asarray(image.dataobj)
             affine = np.asarray(image.affine, dtype=np.float64)
         else:
-            image = sitk.ReadImage(str(path))
+            image = read_sitk(path)
             array, affine = sitk_to_array(image), sitk_affine(image)
     except Exception as err:  # nibabel/zlib/SimpleITK raise many types for a bad file
         raise DataError(f"Cannot read {path}: {_reason(err)}.") from err
