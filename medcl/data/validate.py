@@ -23,7 +23,6 @@ from typing import Any, Literal
 
 import nibabel as nib
 import numpy as np
-import SimpleITK as sitk
 from tqdm import tqdm
 
 from medcl.data.dataset import Case, DatasetInfo
