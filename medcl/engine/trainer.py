@@ -181,10 +181,32 @@ class Trainer:
     # ---------------------------------------------------------------- validation
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Dice/HD95 per class on whole val volumes; logs metrics and overlays; returns the metrics."""
+        """Dice/HD95 per class on whole val volumes; logs metrics and overlays; returns the metrics.
+
+        A method with several :meth:`~medcl.methods.base.Method.validation_networks` has each validated
+        (``val/<name>/...``); the one it then selects as its inference network is also reported as ``val/*``.
+        """
         if not self.val_volumes:
             return {}
-        net = self.method.inference_network()
+        networks = self.method.validation_networks()
+        if not networks:
+            metrics, pictures = self._validate_network(self.method.inference_network())
+        else:
+            results = {name: self._validate_network(net) for name, net in networks.items()}
+            self.method.select_network({name: m["val/dice_mean"] for name, (m, _) in results.items()})
+            chosen = self.method.inference_network()
+            selected = next(name for name, net in networks.items() if net is chosen)
+            metrics, pictures = dict(results[selected][0]), results[selected][1]
+            for name, (m, _) in results.items():
+                metrics.update({k.replace("val/", f"val/{name}/", 1): v for k, v in m.items()})
+            metrics[f"val/selected/{selected}"] = 1.0
+        self.tracker.log_metrics(metrics, step=self.step)
+        for i, pic in enumerate(pictures):
+            self.tracker.log_image(pic, key=f"val/overlay_{i}", step=self.step)
+        return metrics
+
+    def _validate_network(self, net: torch.nn.Module) -> tuple[dict[str, float], list[np.ndarray]]:
+        """One network's ``val/*`` metrics over the val volumes, and its overlay pictures."""
         was_training = net.training
         net.eval()
         names = self.spec.class_names[1:]
@@ -221,10 +243,7 @@ class Trainer:
                 )
         if self.cfg.val.hd95 and np.isfinite(hd_arr).any():
             metrics["val/hd95_mean"] = float(np.nanmean(hd_arr))
-        self.tracker.log_metrics(metrics, step=self.step)
-        for i, pic in enumerate(pictures):
-            self.tracker.log_image(pic, key=f"val/overlay_{i}", step=self.step)
-        return metrics
+        return metrics, pictures
 
     def _after_validation(self, metrics: dict[str, float]) -> None:
         if not metrics:

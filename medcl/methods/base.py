@@ -83,6 +83,19 @@ class Method(nn.Module, metaclass=ABCMeta):
     def inference_network(self) -> SegNet:
         """The network used for validation, checkpoints-for-inference and the logged model."""
 
+    def validation_networks(self) -> dict[str, SegNet]:
+        """Networks validated one by one, by name (logged as ``val/<name>/dice_mean`` ...).
+
+        Empty (the default): only :meth:`inference_network` is validated, as ``val/*``. Methods that train
+        several networks (a CNN and a Transformer) return them all; after each validation the engine calls
+        :meth:`select_network` with every network's mean Dice, then reports the selected network's metrics
+        as ``val/*`` (the metric ``best.pt`` follows).
+        """
+        return {}
+
+    def select_network(self, dice: dict[str, float]) -> None:
+        """Choose the exported network from the latest validation (``{name: mean Dice}``)."""
+
     def build_sampler(self, stream: str, volumes: list[dict[str, Any]], *, stream_index: int) -> Any:
         """The sampler of one stream over its preprocessed volumes.
 
