@@ -39,9 +39,22 @@ def lr_factor(step: int, total: int, cfg: OptimConfig) -> float:
 def build_scheduler(
     optimizer: torch.optim.Optimizer, total: int, cfg: OptimConfig
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """A ``LambdaLR`` applying :func:`lr_factor`; stepped once per optimiser step."""
+    """A ``LambdaLR`` applying :func:`lr_factor`; stepped once per optimiser step.
 
-    def factor(step: int) -> float:
-        return lr_factor(step, total, cfg)
+    A parameter group holding a ``warmup_steps`` key gets its own warm-up length (MCSC warms up its
+    Transformer only); every other group uses ``cfg.warmup_steps``.
+    """
+    configs = [
+        cfg.model_copy(update={"warmup_steps": int(g["warmup_steps"])}) if "warmup_steps" in g else cfg
+        for g in optimizer.param_groups
+    ]
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    def factor_of(group_cfg: OptimConfig):
+        # Plain closures, not callable objects: LambdaLR would put an object's __dict__ (a pydantic model)
+        # into the checkpoint, which torch.load(weights_only=True) refuses.
+        def factor(step: int) -> float:
+            return lr_factor(step, total, group_cfg)
+
+        return factor
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [factor_of(c) for c in configs])

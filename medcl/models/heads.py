@@ -1,4 +1,4 @@
-"""Projection heads for contrastive pre-training: ``g1`` (global) and ``g2`` (local) of Chaitanya et al. [0].
+"""Projection heads: ``g1`` (global) and ``g2`` (local) of Chaitanya et al. [0]; MCSC's pixel projector [2].
 
 * :class:`GlobalProjectionHead` maps the encoder bottleneck of an image to one vector ``z`` that the global
   contrastive loss compares across images.
@@ -15,6 +15,8 @@ Shape letters: B batch, C channels, S spatial sizes (H, W or D, H, W), D the pro
 - [1] The authors' TensorFlow code, ``krishnabits001/domain_specific_cl`` @ e5aae80, ``models.py``
   (``encoder_pretrain_net`` for g1, ``decoder_pretrain_net`` for g2): read for the layer sizes and the
   bias/normalisation choices; no code is taken from it.
+- [2] Liu, Gu, Henderson, Deligianni. Multi-scale cross contrastive learning for semi-supervised medical
+  image segmentation. BMVC 2023. https://arxiv.org/abs/2306.14293
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from __future__ import annotations
 from monai.networks.layers import Conv, Norm
 from torch import Tensor, nn
 
-__all__ = ["GlobalProjectionHead", "LocalProjectionHead"]
+__all__ = ["GlobalProjectionHead", "LocalProjectionHead", "PixelProjectionHead"]
 
 
 def _check_positive(name: str, value: object) -> None:
@@ -157,3 +159,67 @@ class LocalProjectionHead(nn.Module):
             )
         # (B, C, *S) -> (B, C, *S): every position is mapped independently (1x1 kernels).
         return self.block(x)
+
+
+class PixelProjectionHead(nn.Module):
+    """MCSC's projector for one scale: a 1x1 conv per source network, ReLU, then one shared 1x1 conv [2].
+
+    In the authors' code each network has its own first layer (CNN 16->256, Swin 96->256 at the fine scale)
+    and both share the last one (256->128), so the two networks' pixels land in one embedding space where
+    they are contrasted together. A 1x1 convolution is a linear map applied at every position, so the head
+    works on channel-last vectors: either whole maps moved to channel-last, or only the pixels a sampler
+    picked (which skips the projection of pixels that never enter the loss). The output is not normalised;
+    the loss L2-normalises each pixel embedding.
+
+    Args:
+        in_channels: Channels of each source's feature map, e.g. ``(16, 48)`` for (CNN, Transformer).
+        hidden: Width of the per-source first layer (256 in [2]).
+        out: Embedding size ``D`` (128 in [2]).
+
+    Shape:
+        - Input: ``(..., C_s)`` channel-last vectors of source ``s``.
+        - Output: ``(..., D)``.
+
+    Raises:
+        ValueError: When a size is not a positive integer, or (in ``forward``) on an unknown source or a
+            wrong channel count.
+
+    Example:
+        >>> head = PixelProjectionHead((16, 48), hidden=64, out=32)
+        >>> head(torch.randn(2, 100, 48), source=1).shape
+        torch.Size([2, 100, 32])
+    """
+
+    def __init__(self, in_channels: tuple[int, ...] | list[int], hidden: int = 256, out: int = 128) -> None:
+        """Build one first layer per source and the shared last layer."""
+        super().__init__()
+        for i, c in enumerate(in_channels):
+            _check_positive(f"in_channels[{i}]", c)
+        _check_positive("hidden", hidden)
+        _check_positive("out", out)
+        self.in_channels = tuple(in_channels)
+        # One first layer per network: their decoder widths differ.
+        self.first = nn.ModuleList(nn.Linear(c, hidden) for c in self.in_channels)
+        self.act = nn.ReLU(inplace=True)
+        # Shared by every source: one embedding space for both networks.
+        self.last = nn.Linear(hidden, out)
+
+    def forward(self, x: Tensor, source: int) -> Tensor:
+        """Project channel-last vectors of one source.
+
+        Args:
+            x: Feature vectors. Shape: ``(..., C_source)``.
+            source: Index of the network the vectors come from (0-based, as in ``in_channels``).
+
+        Returns:
+            The embeddings (not normalised). Shape: ``(..., D)``.
+        """
+        if not 0 <= source < len(self.first):
+            raise ValueError(f"source must be in [0, {len(self.first)}); got {source}.")
+        if x.shape[-1] != self.in_channels[source]:
+            raise ValueError(
+                f"PixelProjectionHead source {source} expects {self.in_channels[source]} channels last; "
+                f"got shape {tuple(x.shape)}."
+            )
+        # (..., C_s) -> (..., hidden) -> (..., D)
+        return self.last(self.act(self.first[source](x)))
