@@ -1,0 +1,193 @@
+"""Heads of ACTION / ACTION++ [0, 1]: relational-distillation projections and the representation head.
+
+Stages 1-2 (relational KL distillation, :mod:`medcl.losses.relational`):
+
+* :class:`LatentProjection` - global average pooling of the encoder bottleneck, then two linear layers
+  (``C -> C -> d_g``; d_g = 512 in 2D, 128 in 3D). As in the authors' ``MLP`` there is no non-linearity
+  between them.
+* :class:`LatentPredictor` - the student's two linear layers ``d_g -> d_g -> d_g`` on top (ISD/BYOL style).
+* :class:`WindowProjection` / :class:`WindowPredictor` - the local head on the **segmentation logits**: each
+  window is average-pooled to ``p x p`` (``p^3``) cells and mapped by 1x1 convolutions ``K -> 2K -> K``
+  (student predictor ``K -> K -> K``), giving a ``K * p^n`` vector per window. Because both are pointwise
+  and linear per cell, they are applied once to the pooled cell map before the windows are cut out
+  (:func:`window_embeddings`), which gives the same numbers as projecting window by window.
+
+Stage 3:
+
+* :class:`RepresentationHead` - on the concatenation of the bottleneck and every decoder map, each resized
+  to the output resolution: conv 3x3 (no bias) then conv 1x1, no non-linearity between (the authors'
+  ``RepresentationHead``; width 512 in ACTION, 496 in ACTION++ 2D, d = 128 in the ACTION++ paper).
+
+Shape letters: B batch, C channels, K classes, S spatial sizes, W windows, D / d_g embedding sizes.
+
+- [0] C. You, W. Dai, Y. Min, L. Staib, J. S. Duncan, "Bootstrapping Semi-supervised Medical Image
+  Segmentation with Anatomical-aware Contrastive Distillation", IPMI 2023, https://arxiv.org/abs/2206.02307
+- [1] C. You, W. Dai, Y. Min, L. Staib, J. Sekhon, J. S. Duncan, "ACTION++: Improving Semi-supervised Medical
+  Image Segmentation with Adaptive Anatomical Contrast", MICCAI 2023, https://arxiv.org/abs/2304.02689
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from monai.networks.layers import Conv
+from torch import Tensor, nn
+
+from medcl.models.networks import NetOutput
+
+__all__ = [
+    "LatentPredictor",
+    "LatentProjection",
+    "RepresentationHead",
+    "WindowPredictor",
+    "WindowProjection",
+    "count_windows",
+    "decoder_stack",
+    "window_embeddings",
+]
+
+
+class LatentProjection(nn.Module):
+    """GAP of the bottleneck, then ``Linear(C, C)`` and ``Linear(C, out)`` (the global relational embedding).
+
+    Shape:
+        - Input: ``(B, C, *S)``.
+        - Output: ``(B, out)``, not normalised.
+    """
+
+    def __init__(self, in_channels: int, out: int) -> None:
+        """Build the two linear layers."""
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(in_channels, in_channels), nn.Linear(in_channels, out))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Pool over space and project: ``(B, C, *S) -> (B, out)``."""
+        return self.mlp(x.flatten(2).mean(dim=2))
+
+
+class LatentPredictor(nn.Module):
+    """The student's predictor on the global embedding: ``Linear(d, d)`` twice. Shape: ``(B, d) -> (B, d)``."""
+
+    def __init__(self, dim: int) -> None:
+        """Build the two linear layers."""
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.Linear(dim, dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, d) -> (B, d)``."""
+        return self.mlp(x)
+
+
+class WindowProjection(nn.Module):
+    """1x1 convolutions ``K -> 2K -> K`` on pooled logit cells (the local relational head).
+
+    Shape:
+        - Input: ``(B, K, *S')`` pooled cells.
+        - Output: ``(B, K, *S')``.
+    """
+
+    def __init__(self, channels: int, spatial_dims: int) -> None:
+        """Build the two pointwise convolutions."""
+        super().__init__()
+        conv = Conv[Conv.CONV, spatial_dims]
+        self.block = nn.Sequential(conv(channels, 2 * channels, 1), conv(2 * channels, channels, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, K, *S') -> (B, K, *S')``."""
+        return self.block(x)
+
+
+class WindowPredictor(WindowProjection):
+    """The student's predictor on pooled cells: 1x1 convolutions ``K -> K -> K``."""
+
+    def __init__(self, channels: int, spatial_dims: int) -> None:
+        """Build the two pointwise convolutions."""
+        nn.Module.__init__(self)
+        conv = Conv[Conv.CONV, spatial_dims]
+        self.block = nn.Sequential(conv(channels, channels, 1), conv(channels, channels, 1))
+
+
+def count_windows(spatial: Sequence[int], window: int, stride: int, pool: int) -> int:
+    """Number of windows :func:`window_embeddings` cuts from a patch of size ``spatial``."""
+    block = window // pool
+    total = 1
+    for s in spatial:
+        cells = s // block
+        total *= (cells - pool) // (stride // block) + 1
+    return total
+
+
+def window_embeddings(logits: Tensor, window: int, stride: int, pool: int, *heads: nn.Module) -> Tensor:
+    """One vector per sliding window of a logits map: pool, project (``heads`` in order), cut, flatten.
+
+    Windows of ``window`` pixels (voxels) per axis start every ``stride`` pixels; each is average-pooled to
+    ``pool`` cells per axis (so the cell size is ``window // pool``; a remainder at the patch border that
+    fills no cell is dropped, as adaptive pooling of a full window would never see it either). Every window
+    position that fits is used: unlike the authors' loop, the last one is not skipped (7 x 7 windows of 64
+    with stride 32 on 256 x 256, where the reference takes 6 x 6).
+
+    Args:
+        logits: Segmentation logits. Shape: ``(B, K, *S)``, 2 or 3 spatial axes.
+        window: Window size in pixels; a multiple of ``pool``.
+        stride: Window stride in pixels; a multiple of ``window // pool``.
+        pool: Cells per axis of a pooled window.
+        *heads: Pointwise modules applied to the pooled cell map (projection, then predictor).
+
+    Returns:
+        Window embeddings, window positions in raster order. Shape: ``(B, W, K * pool^n)``.
+    """
+    n = logits.ndim - 2
+    block = window // pool
+    step = stride // block
+    pool_fn = F.avg_pool2d if n == 2 else F.avg_pool3d
+    cells = pool_fn(logits, kernel_size=block, stride=block)  # (B, K, *S // block)
+    for head in heads:
+        cells = head(cells)
+    b, k = cells.shape[:2]
+    for axis in range(n):
+        cells = cells.unfold(2 + axis, pool, step)  # (..., n_windows_axis, ..., pool) appended at the end
+    # (B, K, w_1, .., w_n, p_1, .., p_n) -> (B, w_1 .. w_n, K, p_1 .. p_n) -> (B, W, K * p^n)
+    cells = cells.permute(0, *range(2, 2 + n), 1, *range(2 + n, 2 + 2 * n))
+    windows = cells.shape[1 : 1 + n]
+    return cells.reshape(b, math.prod(windows), -1)
+
+
+def decoder_stack(out: NetOutput, size: Sequence[int]) -> Tensor:
+    """The bottleneck and every decoder map resized to ``size`` and concatenated along channels.
+
+    Args:
+        out: A network's feature output.
+        size: Target spatial size (the logits size, or that divided by the representation stride).
+
+    Returns:
+        Shape: ``(B, C_e + sum_k C_k, *size)``.
+    """
+    mode = "bilinear" if len(size) == 2 else "trilinear"
+    maps = []
+    for fmap in (out.embedding, *out.features.values()):
+        if tuple(fmap.shape[2:]) != tuple(size):
+            fmap = F.interpolate(fmap, size=tuple(size), mode=mode, align_corners=False)
+        maps.append(fmap)
+    return torch.cat(maps, dim=1)
+
+
+class RepresentationHead(nn.Module):
+    """conv 3x3 (no bias) then conv 1x1: the dense representation for AnCo and SAACL.
+
+    Shape:
+        - Input: ``(B, C, *S)`` (:func:`decoder_stack`).
+        - Output: ``(B, D, *S)``, not normalised (the losses normalise).
+    """
+
+    def __init__(self, in_channels: int, out: int, spatial_dims: int) -> None:
+        """Build the two convolutions."""
+        super().__init__()
+        conv = Conv[Conv.CONV, spatial_dims]
+        self.block = nn.Sequential(conv(in_channels, out, 3, padding=1, bias=False), conv(out, out, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, C, *S) -> (B, D, *S)``."""
+        return self.block(x)

@@ -1,0 +1,36 @@
+"""ACTION heads: pooled-cell window embeddings equal per-window pooling + projection; window counts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from medcl.models.action_heads import WindowPredictor, WindowProjection, count_windows, window_embeddings
+
+
+@pytest.mark.parametrize(
+    ("spatial", "window", "stride", "pool"), [((64, 48), 32, 16, 4), ((20, 24, 16), 8, 4, 2)]
+)
+def test_window_embeddings_match_a_per_window_loop(spatial, window, stride, pool) -> None:
+    torch.manual_seed(0)
+    n = len(spatial)
+    logits = torch.randn(2, 3, *spatial)
+    proj, pred = WindowProjection(3, n).eval(), WindowPredictor(3, n).eval()
+    fast = window_embeddings(logits, window, stride, pool, proj, pred)  # (B, W, K p^n)
+    adaptive = F.adaptive_avg_pool2d if n == 2 else F.adaptive_avg_pool3d
+    starts = [range(0, s - window + 1, stride) for s in spatial]
+    rows = []
+    for corner in torch.cartesian_prod(*[torch.tensor(list(r)) for r in starts]).view(-1, n).tolist():
+        crop = logits[(slice(None), slice(None), *[slice(c, c + window) for c in corner])]
+        rows.append(
+            pred(proj(adaptive(crop, pool))).flatten(1)
+        )  # the reference: pool each window, then heads
+    slow = torch.stack(rows, dim=1)
+    assert fast.shape == slow.shape == (2, count_windows(spatial, window, stride, pool), 3 * pool**n)
+    assert torch.allclose(fast, slow, atol=1e-5)
+
+
+def test_window_counts_of_the_reference_settings() -> None:
+    assert count_windows((112, 112, 80), 20, 10, 4) == 700  # the 3D reference
+    assert count_windows((256, 256), 64, 32, 8) == 49  # every position (the 2D code skips the last: 36)
