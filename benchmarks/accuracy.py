@@ -78,7 +78,7 @@ ROWS: dict[str, Row] = {
     "action": Row(
         "actionpp.yaml",
         "actionpp",
-        ("method.saacl_weight=0", "method.schedule.kind=constant"),
+        ("method.saacl.weight=0", "method.schedule.kind=constant"),
         init="actionpp",
         label="ACTION (no SAACL, constant tau)",
     ),
@@ -92,7 +92,7 @@ ROWS: dict[str, Row] = {
     "mean-teacher": Row(
         "actionpp.yaml",
         "actionpp",
-        ("method.anco_weight=0", "method.saacl_weight=0"),
+        ("method.anco.weight=0", "method.saacl.weight=0"),
         init="actionpp",
         label="mean teacher",
     ),
