@@ -1,4 +1,4 @@
-"""The ``medcl`` command line: ``data check|split``, ``train``, ``ui``.
+"""The ``medcl`` command line: ``data check|split``, ``train``, ``infer``, ``evaluate``, ``run``, ``ui``.
 
 Errors caused by input (files, config keys) print one readable message and exit 1; ``--debug`` shows the
 traceback. Nothing here is imported by the library below it.
@@ -16,7 +16,7 @@ from medcl.errors import MedclError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from medcl.commands import data, evaluate, infer, train, ui
+    from medcl.commands import data, evaluate, infer, run, train, ui
 
     parser = argparse.ArgumentParser(
         prog="medcl",
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for module in (data, train, infer, evaluate, ui):
+    for module in (data, train, infer, evaluate, run, ui):
         module.add_parser(sub)
     return parser
 

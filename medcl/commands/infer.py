@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from medcl.data.dataset import IMAGE_EXTENSIONS
 from medcl.errors import MedclError
-from medcl.inference.predictor import NIFTI_SUFFIXES, image_suffix
+from medcl.inference.inputs import InputCase, collect_inputs, output_path
+
+__all__ = ["InputCase", "add_parser", "collect_inputs", "output_path", "run"]  # inputs re-exported
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -73,74 +72,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--runs", default="medcl_runs", metavar="DIR", help="the --output folder training used")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
-
-
-_CHANNEL = re.compile(r"_\d{4}$")
-
-
-@dataclass
-class InputCase:
-    """One case to segment: its name and one path per channel (or a DICOM folder)."""
-
-    name: str
-    paths: list[Path]
-
-
-def _strip(name: str) -> str:
-    for ext in IMAGE_EXTENSIONS:
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return name
-
-
-def _is_dicom_dir(path: Path) -> bool:
-    return path.is_dir() and any(
-        p.suffix.lower() == ".dcm" or p.suffix == "" for p in path.iterdir() if p.is_file()
-    )
-
-
-def collect_inputs(items: list[str]) -> list[InputCase]:
-    """Expand files, folders and .txt lists into cases; nnU-Net ``_0000`` channel files are grouped."""
-    files: list[Path] = []
-    for item in items:
-        path = Path(item).expanduser()
-        if not path.exists():
-            raise MedclError(f"input not found: {path}")
-        if path.suffix == ".txt":
-            lines = [
-                ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")
-            ]
-            files += [(path.parent / ln) if not Path(ln).is_absolute() else Path(ln) for ln in lines]
-        elif path.is_dir() and not any(p.name.lower().endswith(IMAGE_EXTENSIONS) for p in path.iterdir()):
-            if not _is_dicom_dir(path):
-                raise MedclError(
-                    f"{path} holds no image files ({', '.join(IMAGE_EXTENSIONS)}) and no DICOM series"
-                )
-            files.append(path)
-        elif path.is_dir():
-            files += sorted(
-                p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_EXTENSIONS)
-            )
-        else:
-            files.append(path)
-    cases: dict[str, list[Path]] = {}
-    for f in files:
-        name = f.name if f.is_dir() else _strip(f.name)
-        # nnU-Net channel files CASE_0000, CASE_0001 ... form one case named CASE.
-        base = _CHANNEL.sub("", name) if _CHANNEL.search(name) else name
-        cases.setdefault(base, []).append(f)
-    out = [InputCase(name, sorted(paths)) for name, paths in sorted(cases.items())]
-    if not out:
-        raise MedclError(f"no input images found in {', '.join(items)}")
-    return out
-
-
-def output_path(case: InputCase, out_dir: Path, fmt: str) -> Path:
-    first = case.paths[0]
-    suffix = image_suffix(first)
-    if fmt == "nifti" or suffix in ("", ".dcm", ".mhd"):
-        suffix = ".nii.gz" if suffix not in NIFTI_SUFFIXES else suffix
-    return out_dir / f"{case.name}{suffix}"
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,0 +1,105 @@
+"""Workflow files: schema, ``--set``, variables and stage references (no training)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from medcl.errors import ConfigError
+from medcl.workflows.spec import build_workflow, load_workflow, resolve_stage
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _raw(**changes) -> dict:
+    raw = {
+        "name": "wf",
+        "data": "some/data",
+        "vars": {"steps": 7},
+        "stages": [
+            {"name": "split", "kind": "split", "labeled": 2, "val": 1},
+            {
+                "name": "train",
+                "kind": "train",
+                "config": "configs/hippocampus/demo.yaml",
+                "splits": "${stages.split.splits}",
+                "steps": "${vars.steps}",
+            },
+            {
+                "name": "evaluate",
+                "kind": "evaluate",
+                "model": "${stages.train.model}",
+                "splits": "${stages.split.splits}",
+                "subset": "val",
+            },
+            {
+                "name": "infer",
+                "kind": "infer",
+                "model": "${stages.train.checkpoint}",
+                "input": "${data}/imagesTr/case.nii.gz",
+            },
+        ],
+        "register": {"name": "m", "from": "train"},
+    }
+    raw.update(changes)
+    return raw
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "workflows").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_workflows_validate_without_their_configs(path: Path) -> None:
+    wf = load_workflow(path)
+    assert wf.name == path.stem
+    assert wf.stages and wf.register_ is not None
+
+
+def test_variables_data_and_set_overrides(tmp_path: Path) -> None:
+    wf = build_workflow(
+        _raw(),
+        ["vars.steps=3", "stages.train.set.val.every=5", "set.train.device=cpu", "data=other"],
+        source="wf.yaml",
+    )
+    train = wf.stage("train")
+    assert train.steps == 3  # a whole-string reference keeps the variable's type
+    assert train.set == {"val.every": 5}
+    assert wf.set == {"train.device": "cpu"}
+    assert wf.stage("infer").input == [str(Path("other/imagesTr/case.nii.gz").resolve())]
+    assert Path(wf.output).is_absolute() and Path(train.config).is_absolute()
+    resolved = resolve_stage(train, {"split": {"splits": "/x/splits.json"}}, "wf.yaml")
+    assert resolved.splits == "/x/splits.json"
+    with pytest.raises(ConfigError, match=r"\$\{stages.train.model\} is empty.*checkpoint"):
+        resolve_stage(wf.stage("evaluate"), {"train": {"model": None}, "split": {"splits": "s"}}, "wf.yaml")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"stages.1.init": "${stages.nosuch.checkpoint}"}, "unknown stage 'nosuch'"),
+        ({"stages.1.init": "${stages.evaluate.summary}"}, "forward reference: stage 'evaluate'"),
+        ({"stages.1.init": "${stages.split.model}"}, "no output 'model' \\(outputs: run_id, splits\\)"),
+        ({"stages.1.init": "${stages.train.checkpoint}"}, "refers to the stage itself"),
+        ({"stages.1.init": "${nonsense}"}, "unknown reference"),
+        ({"stages.1.steps": "${vars.nosuch}"}, "unknown variable"),
+        ({"stages.1.stepz": 3}, "stage 'train': unknown key 'stepz'"),
+        ({"stages.3.kind": "paint"}, "unknown kind 'paint'"),
+        ({"colour": "red"}, "unknown key 'colour'"),
+        ({"register.from": "evaluate"}, "only pretrain/train/finetune"),
+        ({"stages.2.name": "split"}, "two stages are named 'split'"),
+    ],
+)
+def test_invalid_workflows_name_the_file_and_the_problem(change: dict, message: str) -> None:
+    raw = _raw()
+    for key, value in change.items():
+        node = raw
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node[int(part)] if part.isdigit() else node[part]
+        node[last] = value
+    with pytest.raises(ConfigError, match=message) as err:
+        build_workflow(raw, source="workflows/broken.yaml")
+    assert "workflows/broken.yaml" in str(err.value)
+
+
+def test_set_names_unknown_stage() -> None:
+    with pytest.raises(ConfigError, match="no stage 'nope' .*split, train, evaluate, infer"):
+        build_workflow(_raw(), ["stages.nope.steps=1"], source="wf.yaml")
