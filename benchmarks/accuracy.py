@@ -159,6 +159,13 @@ def main() -> None:
         help="ACTION++ stages 1-2 steps per labeled set and seed (0: stage 3 from scratch)",
     )
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="overrides, every run")
+    parser.add_argument(
+        "--row-set",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE",
+        help="override for the rows named NAME or whose method is NAME, e.g. mcsc:method.cps_rampup_steps=200",
+    )
     parser.add_argument("--output", default="bench_runs/accuracy")
     parser.add_argument("--tracking-uri", help="MLflow store (default: sqlite under --output)")
     args = parser.parse_args()
@@ -166,6 +173,12 @@ def main() -> None:
     spec = DATASETS[args.dataset]
     labels = args.labels or spec["labels"]
     rows = [r for r in (args.rows or DEFAULT_ROWS) if ROWS[r].method in METHODS]
+    row_sets: dict[str, list[str]] = {}
+    for item in args.row_set:
+        name, sep, override = item.partition(":")
+        if not sep or "=" not in override:
+            parser.error(f"--row-set {item!r}: expected NAME:KEY=VALUE")
+        row_sets.setdefault(name, []).append(override)
     skipped = sorted(set(args.rows or DEFAULT_ROWS) - set(rows))
     if skipped:
         print(f"rows skipped (method not available in this medcl): {', '.join(skipped)}")
@@ -238,6 +251,8 @@ def main() -> None:
                         f"val.every={args.steps}",
                         "tracking.log_model=false",
                         *recipe.overrides,
+                        *row_sets.get(recipe.method, []),
+                        *(row_sets.get(row, []) if row != recipe.method else []),
                     ]
                     init = pretrained.get("chaitanya") if recipe.init == "chaitanya" else actionpp_init
                     if recipe.init and init:
@@ -263,7 +278,7 @@ def main() -> None:
             f"training steps per cell, seeds {args.seeds}; Chaitanya pretraining G^D {args.global_steps} + L^R "
             f"{args.local_steps} steps; ACTION++ stages 1-2: {args.actionpp_pretrain_steps or 'none'}; metric: "
             f"final model, mean foreground Dice (and HD95, {unit}) on whole 3D volumes, mean ± sd over seeds; "
-            f"overrides {args.overrides}"
+            f"overrides {args.overrides}, per row {args.row_set}"
         )
         report = {
             "protocol": protocol,
