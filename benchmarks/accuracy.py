@@ -275,8 +275,18 @@ def main() -> None:
         protocol = (
             f"{args.dataset}: {spec['folder']}, splits {splits.name} (evaluation = its val ids), labeled = the "
             f"first N {'patients' if spec['group_by'] else 'cases'} of the pool, the rest unlabeled; {args.steps} "
-            f"training steps per cell, seeds {args.seeds}; Chaitanya pretraining G^D {args.global_steps} + L^R "
-            f"{args.local_steps} steps; ACTION++ stages 1-2: {args.actionpp_pretrain_steps or 'none'}; metric: "
+            f"training steps per cell, seeds {args.seeds}; "
+            + (
+                f"Chaitanya pretraining G^D {args.global_steps} + L^R {args.local_steps} steps; "
+                if "chaitanya" in rows
+                else ""
+            )
+            + (
+                f"ACTION++ stages 1-2: {args.actionpp_pretrain_steps or 'none'} steps; "
+                if any(ROWS[r].init == "actionpp" for r in rows)
+                else ""
+            )
+            + "metric: "
             f"final model, mean foreground Dice (and HD95, {unit}) on whole 3D volumes, mean ± sd over seeds; "
             f"overrides {args.overrides}, per row {args.row_set}"
         )
