@@ -39,9 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench_label_efficiency import make_pool_splits  # same evaluation ids as the label-efficiency benchmark
+
 from medcl.config import load_config
-from medcl.data.dataset import load_dataset
-from medcl.data.splits import Splits, make_splits
 from medcl.engine.run import train
 from medcl.methods import METHODS
 
@@ -107,20 +107,6 @@ class Cell:
     seconds: list[float] = field(default_factory=list)
 
 
-def make_eval_splits(name: str, out: Path) -> Path:
-    """The benchmark's splits file: training pool (``labeled``, cut per cell) + evaluation cases (``val``)."""
-    root = DATA / DATASETS[name]["folder"]
-    if name == "acdc":
-        splits = Splits.load(root / "splits.json")
-    else:
-        info = load_dataset(root)
-        drawn = make_splits(info, labeled=len(info.cases) - 40, val=40, seed=0)
-        splits = Splits(labeled=sorted(drawn.labeled), val=drawn.val, meta=drawn.meta)
-    path = out / "splits.json"
-    splits.save(path)
-    return path
-
-
 def fmt(values: list[float], digits: int = 3) -> str:
     if not values:
         return "n/a"
@@ -184,7 +170,7 @@ def main() -> None:
         print(f"rows skipped (method not available in this medcl): {', '.join(skipped)}")
     out = Path(args.output).resolve() / args.dataset
     out.mkdir(parents=True, exist_ok=True)
-    splits = make_eval_splits(args.dataset, out)
+    splits = make_pool_splits(args.dataset, out)
     data = DATA / spec["folder"]
     configs = REPO / "configs" / args.dataset
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -46,6 +46,7 @@ the labeled cases (the method validates, so the 20% are validation cases and nev
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -118,9 +119,9 @@ class _StudentTeacher(Method):
     teacher as a copy of its student, so student and teacher begin equal as in the reference.
     """
 
+    @abstractmethod
     def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         """``(teacher, student)`` pairs moved by :func:`ema_update`."""
-        raise NotImplementedError
 
     def student_parameters(self) -> list[nn.Parameter]:
         """Every parameter that is not part of a teacher (frozen ones included: stages unfreeze them)."""
