@@ -59,6 +59,12 @@ class GlobalParams(PretrainParams):
     strategy: Literal["GR", "GD-", "GD"] = Field("GD", description="GR (SimCLR), GD- or GD (paper's best).")
     hidden: int = Field(1024, ge=1, description="Hidden width of the g1 MLP.")
     projection_dim: int = Field(128, ge=1, description="Embedding size of g1.")
+    pool_grid: int = Field(
+        4,
+        ge=1,
+        description="g1 average-pools the bottleneck to a grid x grid map and flattens it; 1 = global "
+        "average pool, which collapses with instance-normalised encoders.",
+    )
 
 
 class LocalParams(PretrainParams):
@@ -146,7 +152,9 @@ class PretrainGlobal(_Pretrain):
         super().__init__(cfg, spec)
         train_only(self.net, ENCODER_MODULES[self.net.name])  # the decoder is not part of stage 1
         channels = self.net.feature_channels()["embedding"]
-        self.global_head = GlobalProjectionHead(channels, self.params.hidden, self.params.projection_dim)
+        self.global_head = GlobalProjectionHead(
+            channels, self.params.hidden, self.params.projection_dim, grid=self.params.pool_grid
+        )
         self.loss_fn = GlobalContrastiveLoss(self.params.strategy, self.params.temperature)
 
     def training_step(self, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor | float]:

@@ -20,26 +20,42 @@ def single_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("spatial", [(3, 5), (2, 3, 4), (7,)], ids=["2d", "3d", "1d"])
-def test_global_head_pools_any_spatial_size_to_a_vector(spatial: tuple[int, ...]) -> None:
-    head = GlobalProjectionHead(8, hidden=16, out=4)
+@pytest.mark.parametrize(("spatial", "grid"), [((3, 5), 4), ((8, 8), 4), ((2, 3, 4), 2), ((9, 9), 1)])
+def test_global_head_pools_any_spatial_size_to_a_vector(spatial: tuple[int, ...], grid: int) -> None:
+    head = GlobalProjectionHead(8, hidden=16, out=4, grid=grid, spatial_dims=len(spatial))
     z = head(torch.randn(5, 8, *spatial))
     assert z.shape == (5, 4)
 
 
 def test_global_head_is_independent_of_bottleneck_size_for_constant_maps() -> None:
-    # Average pooling: a constant map gives the same z whatever its size (what flattening would not allow).
-    head = GlobalProjectionHead(3, hidden=8, out=2)
+    # Adaptive pooling: a constant map gives the same z whatever its size (what flattening would not allow).
+    head = GlobalProjectionHead(3, hidden=8, out=2, grid=2)
     values = torch.randn(2, 3, 1, 1)
     torch.testing.assert_close(head(values.expand(2, 3, 4, 4)), head(values.expand(2, 3, 6, 2)))
 
 
 def test_global_head_matches_manual_pool_and_mlp() -> None:
-    head = GlobalProjectionHead(4, hidden=6, out=3)
-    x = torch.randn(2, 4, 3, 3)
+    head = GlobalProjectionHead(4, hidden=6, out=3, grid=2)
+    x = torch.randn(2, 4, 4, 4)
     w1, w2 = head.mlp[0].weight, head.mlp[2].weight
-    expected = torch.relu(x.mean(dim=(2, 3)) @ w1.T) @ w2.T
-    torch.testing.assert_close(head(x), expected)
+    # 2x2 grid of a 4x4 map: the means of its four 2x2 quadrants, flattened channel-major.
+    pooled = x.reshape(2, 4, 2, 2, 2, 2).mean(dim=(3, 5)).flatten(1)  # (B, C * 2 * 2)
+    torch.testing.assert_close(head(x), torch.relu(pooled @ w1.T) @ w2.T)
+
+
+def test_global_head_grid_tells_instance_normalised_maps_apart() -> None:
+    # Two images whose instance-normalised maps differ only in where the activation is: a global average
+    # pool (grid 1) sees every channel's mean, which instance norm makes equal, so both map to the same z
+    # (the collapse this head's grid avoids); a 2x2 grid keeps the layout and separates them.
+    left = torch.zeros(1, 3, 4, 4)
+    left[..., :2] = 1.0
+    x = torch.nn.functional.instance_norm(torch.cat([left, left.flip(-1)]))  # (2, 3, 4, 4)
+    gap, grid = (
+        GlobalProjectionHead(3, hidden=8, out=4, grid=1),
+        GlobalProjectionHead(3, hidden=8, out=4, grid=2),
+    )
+    torch.testing.assert_close(gap(x)[0], gap(x)[1])
+    assert (grid(x)[0] - grid(x)[1]).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("dims", [2, 3])
@@ -58,10 +74,12 @@ def test_local_head_acts_per_position() -> None:
     torch.testing.assert_close(head(flat), head(x).flatten(2)[:, :, perm].reshape(x.shape))
 
 
-@pytest.mark.parametrize(("c_in", "hidden", "out"), [(256, 1024, 128), (32, 64, 16)])
-def test_global_head_parameter_count(c_in: int, hidden: int, out: int) -> None:
-    head = GlobalProjectionHead(c_in, hidden=hidden, out=out)
-    assert sum(p.numel() for p in head.parameters()) == c_in * hidden + hidden * out
+@pytest.mark.parametrize(
+    ("c_in", "hidden", "out", "grid", "dims"), [(256, 1024, 128, 4, 2), (32, 64, 16, 2, 3)]
+)
+def test_global_head_parameter_count(c_in: int, hidden: int, out: int, grid: int, dims: int) -> None:
+    head = GlobalProjectionHead(c_in, hidden=hidden, out=out, grid=grid, spatial_dims=dims)
+    assert sum(p.numel() for p in head.parameters()) == c_in * grid**dims * hidden + hidden * out
 
 
 @pytest.mark.parametrize(("channels", "dims"), [(64, 2), (16, 3)])
@@ -89,7 +107,7 @@ def test_heads_on_basicunet_features(dims: int) -> None:
     x = torch.randn(2, 1, *(32,) * (dims - 1), 48)
     out = net(x, return_features=True)
     assert isinstance(out, NetOutput)
-    glob = GlobalProjectionHead(channels["embedding"], hidden=32, out=16)
+    glob = GlobalProjectionHead(channels["embedding"], hidden=32, out=16, spatial_dims=dims)
     loc = LocalProjectionHead(channels["scale_4"], spatial_dims=dims)
     z, f = glob(out.embedding), loc(out.features["scale_4"])
     assert z.shape == (2, 16)
@@ -104,10 +122,11 @@ def test_heads_on_basicunet_features(dims: int) -> None:
     [
         (lambda: GlobalProjectionHead(8), (2, 8)),
         (lambda: GlobalProjectionHead(8), (2, 4, 3, 3)),
+        (lambda: GlobalProjectionHead(8), (2, 8, 3, 3, 3)),
         (lambda: LocalProjectionHead(8), (2, 8, 3, 3, 3)),
         (lambda: LocalProjectionHead(8, spatial_dims=3), (2, 4, 3, 3, 3)),
     ],
-    ids=["global-no-spatial", "global-channels", "local-dims", "local-channels"],
+    ids=["global-no-spatial", "global-channels", "global-dims", "local-dims", "local-channels"],
 )
 def test_bad_input_shape_raises_with_the_shape(make, shape: tuple[int, ...]) -> None:
     with pytest.raises(ValueError, match=r"got shape"):
@@ -120,6 +139,8 @@ def test_bad_input_shape_raises_with_the_shape(make, shape: tuple[int, ...]) -> 
         lambda: GlobalProjectionHead(0),
         lambda: GlobalProjectionHead(8, hidden=-1),
         lambda: GlobalProjectionHead(8, out=True),
+        lambda: GlobalProjectionHead(8, grid=0),
+        lambda: GlobalProjectionHead(8, spatial_dims=1),
         lambda: LocalProjectionHead(0),
         lambda: LocalProjectionHead(8, spatial_dims=1),
     ],
