@@ -164,6 +164,12 @@ class PretrainActionPPParams(MethodParams):
     ema_momentum: float = Field(0.99, ge=0, le=1, description="Teacher EMA momentum m (paper: 0.99).")
     queue_size: int = Field(36, ge=1, description="K: past teacher embeddings in each FIFO queue (code: 36).")
     global_dim: int = Field(512, ge=1, description="d_g of the global embedding (2D: 512, 3D: 128).")
+    global_pool_grid: int = Field(
+        4,
+        ge=1,
+        description="The global projection average-pools the bottleneck to grid^n cells (1: global pool, "
+        "the authors' choice, nearly constant after instance norm).",
+    )
     tau_student: float = Field(0.1, gt=0, description="KL temperature of the student (tau_s = 0.1).")
     tau_teacher: float = Field(0.01, gt=0, description="KL temperature of the teacher (2D 0.01, 3D 0.6).")
     window: int = Field(64, ge=1, description="Local windows: size in pixels (2D 64, 3D 20).")
@@ -227,7 +233,9 @@ class PretrainActionPP(_StudentTeacher):
         self.stage1_steps = p.stage1_steps if p.stage1_steps is not None else cfg.train.steps // 2
         dims, k = spec.spatial_dims, spec.num_classes
         channels = self.net.feature_channels()["embedding"]
-        self.global_proj = LatentProjection(channels, p.global_dim)
+        self.global_proj = LatentProjection(
+            channels, p.global_dim, grid=p.global_pool_grid, spatial_dims=dims
+        )
         self.global_pred = LatentPredictor(p.global_dim)
         self.local_proj = WindowProjection(k, dims)
         self.local_pred = WindowPredictor(k, dims)

@@ -2,9 +2,11 @@
 
 Stages 1-2 (relational KL distillation, :mod:`medcl.losses.relational`):
 
-* :class:`LatentProjection` - global average pooling of the encoder bottleneck, then two linear layers
-  (``C -> C -> d_g``; d_g = 512 in 2D, 128 in 3D). As in the authors' ``MLP`` there is no non-linearity
-  between them.
+* :class:`LatentProjection` - average pooling of the encoder bottleneck to a ``grid`` map, flattened, then
+  two linear layers (``C * grid^n -> C -> d_g``; d_g = 512 in 2D, 128 in 3D). As in the authors' ``MLP``
+  there is no non-linearity between them. The authors pool globally (``grid=1``) a batch-normalised
+  bottleneck; after MONAI's instance norm a global pool gives nearly the same vector for every image (see
+  :class:`medcl.models.heads.GlobalProjectionHead`), hence the grid.
 * :class:`LatentPredictor` - the student's two linear layers ``d_g -> d_g -> d_g`` on top (ISD/BYOL style).
 * :class:`WindowProjection` / :class:`WindowPredictor` - the local head on the **segmentation logits**: each
   window is average-pooled to ``p x p`` (``p^3``) cells and mapped by 1x1 convolutions ``K -> 2K -> K``
@@ -51,21 +53,28 @@ __all__ = [
 
 
 class LatentProjection(nn.Module):
-    """GAP of the bottleneck, then ``Linear(C, C)`` and ``Linear(C, out)`` (the global relational embedding).
+    """Pool the bottleneck to ``grid^n`` cells, flatten, ``Linear(C * grid^n, C)``, ``Linear(C, out)``.
+
+    The global relational embedding. ``grid=1`` is the authors' global average pool.
 
     Shape:
-        - Input: ``(B, C, *S)``.
+        - Input: ``(B, C, *S)`` with ``len(S) == spatial_dims``.
         - Output: ``(B, out)``, not normalised.
     """
 
-    def __init__(self, in_channels: int, out: int) -> None:
-        """Build the two linear layers."""
+    def __init__(self, in_channels: int, out: int, grid: int = 4, spatial_dims: int = 2) -> None:
+        """Build the pooling and the two linear layers."""
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(in_channels, in_channels), nn.Linear(in_channels, out))
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3; got {spatial_dims!r}.")
+        self.pool = (nn.AdaptiveAvgPool2d if spatial_dims == 2 else nn.AdaptiveAvgPool3d)(grid)
+        self.mlp = nn.Sequential(
+            nn.Linear(in_channels * grid**spatial_dims, in_channels), nn.Linear(in_channels, out)
+        )
 
     def forward(self, x: Tensor) -> Tensor:
-        """Pool over space and project: ``(B, C, *S) -> (B, out)``."""
-        return self.mlp(x.flatten(2).mean(dim=2))
+        """Pool to the grid and project: ``(B, C, *S) -> (B, C * grid^n) -> (B, out)``."""
+        return self.mlp(self.pool(x).flatten(1))
 
 
 class LatentPredictor(nn.Module):

@@ -6,7 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medcl.models.action_heads import WindowPredictor, WindowProjection, count_windows, window_embeddings
+from medcl.models.action_heads import (
+    LatentProjection,
+    WindowPredictor,
+    WindowProjection,
+    count_windows,
+    window_embeddings,
+)
 
 
 @pytest.mark.parametrize(
@@ -34,3 +40,26 @@ def test_window_embeddings_match_a_per_window_loop(spatial, window, stride, pool
 def test_window_counts_of_the_reference_settings() -> None:
     assert count_windows((112, 112, 80), 20, 10, 4) == 700  # the 3D reference
     assert count_windows((256, 256), 64, 32, 8) == 49  # every position (the 2D code skips the last: 36)
+
+
+@pytest.mark.parametrize(("spatial", "grid"), [((8, 8), 4), ((6, 4, 4), 2), ((5, 7), 1)])
+def test_latent_projection_pools_to_the_grid_then_projects(spatial, grid) -> None:
+    n = len(spatial)
+    head = LatentProjection(6, 5, grid=grid, spatial_dims=n)
+    x = torch.randn(3, 6, *spatial)
+    adaptive = F.adaptive_avg_pool2d if n == 2 else F.adaptive_avg_pool3d
+    lin1, lin2 = head.mlp
+    expected = lin2(lin1(adaptive(x, grid).flatten(1)))
+    torch.testing.assert_close(head(x), expected)
+    assert lin1.in_features == 6 * grid**n
+
+
+def test_latent_projection_grid_separates_instance_normalised_layouts() -> None:
+    # Same activations in mirrored places: equal channel means after instance norm, so a global pool
+    # (the authors' grid 1) maps both images to one vector; a 2x2 grid does not.
+    left = torch.zeros(1, 3, 4, 4)
+    left[..., :2] = 1.0
+    x = F.instance_norm(torch.cat([left, left.flip(-1)]))
+    gap, grid = LatentProjection(3, 4, grid=1), LatentProjection(3, 4, grid=2)
+    torch.testing.assert_close(gap(x)[0], gap(x)[1])
+    assert (grid(x)[0] - grid(x)[1]).abs().max() > 1e-3
