@@ -13,7 +13,11 @@ Protocols:
 
 Run (CPU-sized defaults; raise the step counts on a GPU):
 ``.venv/bin/python benchmarks/bench_label_efficiency.py --dataset hippocampus``
-``.venv/bin/python benchmarks/bench_label_efficiency.py --dataset acdc --set data.patch_size=[128,128]``
+``.venv/bin/python benchmarks/bench_label_efficiency.py --dataset acdc --global-steps 600 --finetune-steps 200
+--set "data.patch_size=[128,128]" --set "data.spacing=[2.0,2.0,1.0]"`` (whole slices at half resolution)
+
+The report also holds the last logged training metrics of both pretraining stages: a global stage whose
+``train/emb_cos_mean`` ends near 1 has collapsed and cannot help fine-tuning.
 """
 
 from __future__ import annotations
@@ -24,10 +28,13 @@ import statistics
 import time
 from pathlib import Path
 
+import mlflow
+
 from medcl.config import load_config
 from medcl.data.dataset import load_dataset
 from medcl.data.splits import Splits, make_splits
 from medcl.engine.run import train
+from medcl.tracking.mlflow_tracking import resolve_store
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -90,6 +97,16 @@ def main() -> None:
     loc, timings["pretrain_local_s"] = run(
         "pretrain_local.yaml", "local", [f"train.steps={args.local_steps}", f"init={g.last_checkpoint}"]
     )
+    # Collapse check: a global stage whose embeddings all point one way (mean pairwise cosine near 1) has
+    # learnt nothing, and fine-tuning from it cannot beat random init.
+    client = mlflow.MlflowClient(resolve_store(None, out)[0])
+    pretraining = {
+        stage: {
+            k: round(v, 4) for k, v in client.get_run(r.run_id).data.metrics.items() if k.startswith("train/")
+        }
+        for stage, r in (("global", g), ("local", loc))
+    }
+    print(f"pretraining, last logged values: {json.dumps(pretraining)}", flush=True)
     inits = {"random": None, "GD": str(g.last_checkpoint), "GD+L": str(loc.last_checkpoint)}
     scores: dict[str, dict[int, list[float]]] = {k: {n: [] for n in labels} for k in inits}
     finetune_s = []
@@ -130,6 +147,7 @@ def main() -> None:
         f"L^R {args.local_steps} steps (pretrained once, seed 0), fine-tune {args.finetune_steps} steps, seeds "
         f"{args.seeds}, metric: best validation mean foreground Dice on whole 3D volumes, overrides {args.overrides}",
         "dice": table,
+        "pretraining_last_metrics": pretraining,
         "seconds": {
             **{k: round(v) for k, v in timings.items()},
             "finetune_median_s": round(statistics.median(finetune_s)),

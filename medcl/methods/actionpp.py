@@ -6,7 +6,7 @@ step, after the optimiser step; the teacher never receives gradients) [0, 1]:
 * ``pretrain_actionpp`` (:class:`PretrainActionPP`, ``medcl pretrain``), **stages 1-2** in one run:
 
   - stage 1 (the first ``stage1_steps`` steps): **global relational KL distillation** - the student's
-    bottleneck embedding (GAP -> two linear layers -> predictor) learns the teacher's similarity
+    bottleneck embedding (pooled to a 4x4 grid -> two linear layers -> predictor) learns the teacher's similarity
     distribution over a FIFO queue of past teacher embeddings (:func:`medcl.losses.relational.relational_kl`);
     only the encoder (and the global heads) train, the decoder is frozen;
   - stage 2 (the remaining steps): encoder + decoder, global KL + **local relational KL** on pooled windows
