@@ -35,7 +35,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from monai.networks.layers import Conv
+from monai.networks.layers import Conv, Pool
 from torch import Tensor, nn
 
 from medcl.models.networks import NetOutput
@@ -67,7 +67,7 @@ class LatentProjection(nn.Module):
         super().__init__()
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3; got {spatial_dims!r}.")
-        self.pool = (nn.AdaptiveAvgPool2d if spatial_dims == 2 else nn.AdaptiveAvgPool3d)(grid)
+        self.pool = Pool[Pool.ADAPTIVEAVG, spatial_dims](grid)
         self.mlp = nn.Sequential(
             nn.Linear(in_channels * grid**spatial_dims, in_channels), nn.Linear(in_channels, out)
         )

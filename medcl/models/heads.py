@@ -21,7 +21,7 @@ Shape letters: B batch, C channels, S spatial sizes (H, W or D, H, W), D the pro
 
 from __future__ import annotations
 
-from monai.networks.layers import Conv, Norm
+from monai.networks.layers import Conv, Norm, Pool
 from torch import Tensor, nn
 
 __all__ = ["GlobalProjectionHead", "LocalProjectionHead", "PixelProjectionHead"]
@@ -43,7 +43,7 @@ class GlobalProjectionHead(nn.Module):
     Deviation from [0]/[1]: the authors flatten a bottleneck of fixed size (6 x 6 x 128 for their 192 x 192
     slices), so the first FC layer's width depends on the input size. Our encoders are MONAI networks that
     take any valid patch size, so the bottleneck is first average-pooled to a fixed ``grid`` x ``grid`` map
-    (``torch.nn.AdaptiveAvgPool``) and then flattened: the head is independent of the patch size and keeps
+    (adaptive average pooling) and then flattened: the head is independent of the patch size and keeps
     the coarse spatial layout. ``grid=1`` is a global average pool (SimCLR's choice on a ResNet) and should
     not be used with instance-normalised encoders (MONAI's default): instance norm sets every channel's
     spatial mean to the same learned shift for every image, so the pooled vectors of all images are nearly
@@ -82,8 +82,7 @@ class GlobalProjectionHead(nn.Module):
             raise ValueError(f"spatial_dims must be 2 or 3; got {spatial_dims!r}.")
         self.in_channels = in_channels
         self.spatial_dims = spatial_dims
-        self.grid = grid
-        self.pool = (nn.AdaptiveAvgPool2d if spatial_dims == 2 else nn.AdaptiveAvgPool3d)(grid)
+        self.pool = Pool[Pool.ADAPTIVEAVG, spatial_dims](grid)
         # Bias-free, as in [1], so parameter counts and behaviour match the reference head.
         self.mlp = nn.Sequential(
             nn.Linear(in_channels * grid**spatial_dims, hidden, bias=False),
