@@ -1,131 +1,287 @@
-"""Training-loop overhead: medcl's engine + loaders vs a bare loop of the same model and batch.
+"""Training-step speed, measured side by side in one process on real batches.
 
-Both loops run the supervised 2D BasicUNet of ``configs/hippocampus/supervised.yaml`` (batch 16, 64x64 slices)
-on CPU in the same process. The engine loop is ``Trainer.fit`` (step-indexed sampling with augmentation in a
-loader worker, AMP/grad clipping/LR schedule, MLflow logging every 10 steps, periodic last.pt checkpoints).
-The bare loop feeds one pre-sampled batch to forward/backward/clip/step with no data loading at all. The two
-are interleaved (bare, engine, bare, engine) and the median of the rounds is reported.
+Parts (``--parts``, default all):
 
-Run: ``.venv/bin/python benchmarks/bench_engine.py [--steps 60] [--rounds 2] [--data ../shared/data/Task04_Hippocampus]``
+* ``supervised2d`` / ``supervised3d``: medcl's full training loop (``Trainer.fit``: step-indexed sampling with
+  augmentation in the training process, grad clipping, LR schedule, NaN checks, MLflow logging every 10 steps,
+  ``last.pt`` every 100 steps) at ``train.precision=auto`` and at ``fp32``, against a bare fp32 MONAI loop of
+  the same network (the MONAI ``BasicUNet`` itself, ``DiceCELoss``, the config's optimiser) on the same
+  batches, pre-sampled so that the bare loop does no data loading at all. Configs:
+  ``configs/hippocampus/supervised.yaml`` (Task04_Hippocampus, batch 16 x 64x64 slices) and
+  ``configs/la2018/supervised.yaml`` (LA2018, batch 2; ``--patch3d`` sets the patch, default 64x64x48 so a
+  CPU round takes minutes, the config's 112x112x80 on a GPU).
+* ``mcsc``: an MCSC step (forward + backward + AdamW + ``on_step_end``) of ``configs/hippocampus/mcsc.yaml``
+  vs the same step with ``method.contrast_weight=0`` (cross teaching: no projector, no contrast), after the
+  contrast warm-up, at the precision ``auto`` gives. Target: contrast <= 15% of the step.
+* ``actionpp``: an ACTION++ stage-3 step of ``configs/hippocampus/actionpp.yaml`` vs the mean teacher
+  (``anco.weight=0 saacl.weight=0``), at ``auto`` precision. Target: <= 1.5x the mean-teacher step.
+
+Variants of a part are interleaved for ``--rounds`` rounds (every variant once per round, in turn) and the
+median seconds per step over rounds is reported with the ratios.
+
+Run: ``.venv/bin/python benchmarks/bench_engine.py [--parts supervised2d mcsc ...] [--steps 30] [--rounds 3]
+[--threads 2] [--device cpu|cuda]``
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
+from monai.losses import DiceCELoss
 
-from medcl.config import load_config
+from medcl.config import Config, load_config
 from medcl.data.dataset import load_dataset
-from medcl.data.sampling import StepSampler, TrainBatches, preprocess_volumes
-from medcl.data.transforms import batch_transforms, resolve_modality, sample_transforms, volume_transforms
-from medcl.engine.checkpoint import save_checkpoint
+from medcl.data.sampling import TrainBatches, preprocess_volumes
+from medcl.data.transforms import resolve_modality, volume_transforms
 from medcl.engine.optim import build_optimizer, build_scheduler
 from medcl.engine.run import data_spec
-from medcl.engine.trainer import Trainer
+from medcl.engine.trainer import Trainer, _to_device
 from medcl.methods import build_method
+from medcl.precision import resolve_precision, set_compute_dtype
 from medcl.tracking.mlflow_tracking import MlflowTracker, resolve_store
 
 REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
 
 
-def bare_loop(method, batch, cfg, steps: int) -> float:
-    """Seconds per step of forward/backward/clip/step on one fixed batch."""
-    opt = build_optimizer(method.param_groups(), cfg.optim)
-    sched = build_scheduler(opt, cfg.train.steps, cfg.optim)
-    method.train()
-    for i in range(3):  # warm-up
-        loss = method(batch, i)["loss"]
+def setup(
+    config: Path, data: Path, overrides: list[str], n_cases: int = 40
+) -> tuple[Config, Any, TrainBatches]:
+    """Config, data spec and the step-indexed batches of every stream of the config's method."""
+    cfg = load_config(config, ["data.num_workers=0", *overrides])
+    info = load_dataset(data)
+    spec = data_spec(cfg, info)
+    method = build_method(cfg, spec)
+    modality = resolve_modality(cfg.data, info.modality)
+    half = n_cases // 2
+    ids = {
+        "labeled": info.cases[:half],
+        "unlabeled": info.cases[half:n_cases],
+        "images": info.cases[:n_cases],
+    }
+    samplers = {}
+    for index, (stream, with_label) in enumerate(method.streams.items()):
+        vols = preprocess_volumes(
+            ids[stream],
+            volume_transforms(cfg.data, modality, with_label=with_label),
+            with_label=with_label,
+            progress=False,
+        )
+        sampler = method.build_sampler(stream, vols, stream_index=index)
+        if sampler is not None:
+            samplers[stream] = sampler
+    return cfg, spec, TrainBatches(samplers, seed=cfg.train.seed)
+
+
+def bare_monai_loop(cfg: Config, spec: Any, batches: list[dict], device: torch.device) -> float:
+    """Seconds per step of a plain fp32 MONAI loop: network, DiceCELoss, optimiser; batches preloaded."""
+    torch.manual_seed(0)
+    net = build_method(cfg, spec).inference_network().net.to(device)  # the bare MONAI network
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    opt = build_optimizer([{"params": list(net.parameters())}], cfg.optim)
+    data = [_to_device(b["labeled"], device) for b in batches]
+    net.train()
+
+    def step(b: dict) -> None:
+        loss = loss_fn(net(b["image"]), b["label"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+
+    for b in data[:2]:
+        step(b)
+    sync(device)
     start = time.perf_counter()
-    for i in range(steps):
-        loss = method(batch, i)["loss"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(method.parameters(), cfg.optim.grad_clip)
-        opt.step()
-        sched.step()
-    return (time.perf_counter() - start) / steps
+    for b in data:
+        step(b)
+    sync(device)
+    return (time.perf_counter() - start) / len(data)
 
 
-def engine_loop(cfg, spec, sampler, steps: int, out: Path, tag: str) -> float:
-    """Seconds per step of ``Trainer.fit`` over ``steps`` steps (after 3 warm-up steps)."""
+def engine_loop(cfg: Config, spec: Any, batches: TrainBatches, steps: int, out: Path, tag: str) -> float:
+    """Seconds per step of ``Trainer.fit`` (sampling included) over ``steps`` steps after 2 warm-up steps."""
+    torch.manual_seed(0)
     method = build_method(cfg, spec)
     uri, root = resolve_store(None, out)
     tracker = MlflowTracker(uri, root, "bench")
-    tracker.start(run_name=f"engine-{tag}")
-    batches = TrainBatches({"labeled": sampler}, seed=cfg.train.seed)
+    tracker.start(run_name=tag)
     cfg = cfg.model_copy(deep=True)
-    cfg.train.steps = steps + 3
+    cfg.val.every = 10**9
     trainer = Trainer(cfg, method, spec, batches, [], out / tag, tracker=tracker, progress=False)
-    trainer.cfg.train.steps = 3
-    trainer.fit()  # warm-up: worker start, first checkpoint
-    trainer.cfg.train.steps = steps + 3
+    trainer.cfg.train.steps = 2
+    trainer.fit()  # warm-up: first kernels, first checkpoint
+    trainer.cfg.train.steps = steps + 2
+    sync(trainer.device)
     start = time.perf_counter()
     trainer.fit()
-    seconds = time.perf_counter() - start
+    sync(trainer.device)
     tracker.end()
-    return seconds / steps
+    return (time.perf_counter() - start) / steps
+
+
+def method_step_loop(
+    cfg: Config, spec: Any, batches: list[dict], device: torch.device, start_step: int
+) -> float:
+    """Seconds per step of a method's step as the engine runs it (no data loading): forward, backward,
+    optimiser, ``on_step_end``, at ``train.precision``."""
+    torch.manual_seed(0)
+    method = build_method(cfg, spec).to(device)
+    set_compute_dtype(method, resolve_precision(cfg.train.precision, device).dtype)
+    opt = build_optimizer(method.param_groups(), cfg.optim)
+    sched = build_scheduler(opt, cfg.train.steps, cfg.optim)
+    data = [_to_device(b, device) for b in batches]
+    method.train()
+
+    def step(i: int, b: dict) -> None:
+        out = method(b, start_step + i)
+        opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        if cfg.optim.grad_clip:
+            torch.nn.utils.clip_grad_norm_(method.parameters(), cfg.optim.grad_clip)
+        opt.step()
+        sched.step()
+        method.on_step_end(start_step + i)
+
+    for i, b in enumerate(data[:2]):
+        step(i, b)
+    sync(device)
+    start = time.perf_counter()
+    for i, b in enumerate(data):
+        step(i, b)
+    sync(device)
+    return (time.perf_counter() - start) / len(data)
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.lower().startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def interleave(variants: dict[str, Any], rounds: int) -> dict[str, float]:
+    """Median seconds/step of each zero-argument variant over ``rounds`` interleaved rounds."""
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            times[name].append(fn())
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def supervised_part(name: str, args: argparse.Namespace, device: torch.device, out: Path) -> dict[str, Any]:
+    if name == "supervised2d":
+        config, data, extra = REPO / "configs/hippocampus/supervised.yaml", DATA / "Task04_Hippocampus", []
+    else:
+        config, data = REPO / "configs/la2018/supervised.yaml", DATA / "LA2018"
+        extra = [f"data.patch_size=[{','.join(map(str, args.patch3d))}]"]
+    common = [*extra, f"train.device={device.type}", "train.checkpoint_every=100", "train.log_every=10"]
+    cfg, spec, batches = setup(config, data, common, n_cases=args.cases)
+    fp32_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"precision": "fp32"})})
+    pre = [batches[s] for s in range(args.steps)]
+    times = interleave(
+        {
+            "bare_monai_fp32": lambda: bare_monai_loop(cfg, spec, pre, device),
+            "medcl_fp32": lambda: engine_loop(fp32_cfg, spec, batches, args.steps, out, f"{name}-fp32"),
+            "medcl_auto": lambda: engine_loop(cfg, spec, batches, args.steps, out, f"{name}-auto"),
+        },
+        args.rounds,
+    )
+    bare = times["bare_monai_fp32"]
+    return {
+        "protocol": f"{config.relative_to(REPO)} on {data.name}, patch {list(cfg.data.patch_size)}, "
+        f"batch {cfg.data.batch_size}, {args.steps} steps x {args.rounds} rounds",
+        "auto_precision": resolve_precision("auto", device).name,
+        "s_per_step": {k: round(v, 4) for k, v in times.items()},
+        "medcl_auto_vs_bare_fp32": round(times["medcl_auto"] / bare, 3),
+        "medcl_fp32_vs_bare_fp32": round(times["medcl_fp32"] / bare, 3),
+        "target": "medcl_auto_vs_bare_fp32 <= 0.65",
+    }
+
+
+def contrast_part(name: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    data = DATA / "Task04_Hippocampus"
+    common = [f"train.device={device.type}"]
+    if name == "mcsc":
+        config = REPO / "configs/hippocampus/mcsc.yaml"
+        baseline, label, start = ["method.contrast_weight=0"], "cross_teaching", 10**6  # past every warm-up
+    else:
+        config = REPO / "configs/hippocampus/actionpp.yaml"
+        baseline, label, start = ["method.anco.weight=0", "method.saacl.weight=0"], "mean_teacher", 10
+    cfg, spec, batches = setup(config, data, common, n_cases=args.cases)
+    base_cfg = load_config(config, ["data.num_workers=0", *common, *baseline])
+    if name == "mcsc":  # the whole schedule done: CPS and contrast at full weight on both streams
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"steps": 2 * start})})
+        base_cfg = base_cfg.model_copy(
+            update={"train": base_cfg.train.model_copy(update={"steps": 2 * start})}
+        )
+    pre = [batches[s] for s in range(args.steps)]
+    times = interleave(
+        {
+            name: lambda: method_step_loop(cfg, spec, pre, device, start),
+            label: lambda: method_step_loop(base_cfg, spec, pre, device, start),
+        },
+        args.rounds,
+    )
+    full, base = times[name], times[label]
+    result: dict[str, Any] = {
+        "protocol": f"{config.relative_to(REPO)} on {data.name}, batch {cfg.data.batch_size} labeled + "
+        f"{cfg.data.unlabeled_batch_size} unlabeled {list(cfg.data.patch_size)} slices, "
+        f"{args.steps} steps x {args.rounds} rounds, precision {resolve_precision('auto', device).name}",
+        "s_per_step": {k: round(v, 4) for k, v in times.items()},
+    }
+    if name == "mcsc":
+        result["contrast_share_of_step"] = round((full - base) / full, 3)
+        result["target"] = "contrast_share_of_step <= 0.15"
+    else:
+        result["actionpp_vs_mean_teacher"] = round(full / base, 3)
+        result["target"] = "actionpp_vs_mean_teacher <= 1.5"
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "Task04_Hippocampus"))
-    parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--rounds", type=int, default=2)
+    parts = ["supervised2d", "supervised3d", "mcsc", "actionpp"]
+    parser.add_argument("--parts", nargs="+", choices=parts, default=parts)
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per variant and round")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
-        "--workers", type=int, default=0, help="data.num_workers (default 0, the config default)"
+        "--cases", type=int, default=20, help="cases sampled from (labeled + unlabeled halves)"
     )
+    parser.add_argument("--patch3d", type=int, nargs=3, default=[64, 64, 48])
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-
-    cfg = load_config(
-        REPO / "configs" / "hippocampus" / "supervised.yaml", [f"data.num_workers={args.workers}"]
-    )
-    info = load_dataset(args.data)
-    spec = data_spec(cfg, info)
-    cases = info.cases[:40]
-    vols = preprocess_volumes(
-        cases,
-        volume_transforms(cfg.data, resolve_modality(cfg.data, info.modality), with_label=True),
-        with_label=True,
-        progress=False,
-    )
-    sampler = StepSampler(
-        vols,
-        sample_transforms(cfg.data.augment, cfg.data.patch_size, with_label=True),
-        cfg.data.batch_size,
-        batch_transform=batch_transforms(cfg.data.augment),
-    )
-    torch.manual_seed(0)
-    method = build_method(cfg, spec)
-    batch = {"labeled": sampler.sample(0, 0, 0)}
-
-    bare, engine = [], []
-    with tempfile.TemporaryDirectory() as tmp:
-        for r in range(args.rounds):
-            bare.append(bare_loop(method, batch, cfg, args.steps))
-            engine.append(engine_loop(cfg, spec, sampler, args.steps, Path(tmp), f"r{r}"))
-        save_checkpoint({"x": torch.zeros(1)}, Path(tmp) / "probe.pt")
-    b, e = statistics.median(bare), statistics.median(engine)
-    result = {
-        "protocol": "Task04_Hippocampus, 40 cases, 2D BasicUNet features [16,16,32,64,128,16], batch 16x1x64x64, "
-        f"CPU threads={torch.get_num_threads()}, loader workers={args.workers}, {args.steps} steps x {args.rounds} rounds",
-        "bare_s_per_step": round(b, 4),
-        "engine_s_per_step": round(e, 4),
-        "bare_steps_per_s": round(1 / b, 3),
-        "engine_steps_per_s": round(1 / e, 3),
-        "engine_overhead": f"{(e / b - 1) * 100:+.1f}%",
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    report: dict[str, Any] = {
+        "machine": f"{cpu_model()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+        + (f", {torch.cuda.get_device_name()}" if device.type == "cuda" else ""),
     }
-    print(json.dumps(result, indent=1))
+    with tempfile.TemporaryDirectory() as tmp:
+        for part in args.parts:
+            if part.startswith("supervised"):
+                report[part] = supervised_part(part, args, device, Path(tmp))
+            else:
+                report[part] = contrast_part(part, args, device)
+            print(json.dumps({part: report[part]}, indent=1), flush=True)
+    print(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

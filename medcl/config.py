@@ -147,12 +147,31 @@ class TrainConfig(Section):
     steps: int = Field(2000, ge=1, description="Optimiser steps in total (a resumed run continues to this).")
     seed: int = Field(0, ge=0, description="Seed for sampling, augmentation and initialisation.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto picks CUDA when available.")
-    amp: bool = Field(True, description="Mixed precision on CUDA (ignored on CPU).")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="Network arithmetic: auto = bf16 autocast on CPUs with native bf16 and on bf16 GPUs, fp16 "
+        "(+ gradient scaling) on older GPUs, fp32 otherwise; losses are always float32. Also used by validation.",
+    )
+    amp: bool | None = Field(
+        None, description="Deprecated: use train.precision (amp: false means precision: fp32)."
+    )
     log_every: int = Field(10, ge=1, description="Log train/* metrics every N steps.")
     checkpoint_every: int = Field(
         100, ge=1, description="Write last.pt every N steps (what --resume restarts from)."
     )
     threads: int | None = Field(None, ge=1, description="torch CPU threads; null keeps torch's default.")
+    deterministic: bool = Field(
+        True,
+        description="Deterministic cuDNN kernels (reproducible GPU runs); false lets cuDNN pick the fastest.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _amp_to_precision(cls, data: Any) -> Any:
+        # Configs and checkpoints written before train.precision existed say amp: true/false.
+        if isinstance(data, dict) and data.get("amp") is False and data.get("precision", "auto") == "auto":
+            data = {**data, "precision": "fp32"}
+        return data
 
 
 class ValConfig(Section):
@@ -173,6 +192,7 @@ class TrackingConfig(Section):
     uri: str | None = Field(None, description="Tracking URI; default: sqlite store under the output folder.")
     experiment: str = Field("medcl", description="MLflow experiment name.")
     run_name: str | None = Field(None, description="Run name; default <method>-<dataset>-<time>.")
+    enabled: bool = Field(True, description="false: no MLflow run (run folder and checkpoints only).")
     log_model: bool = Field(True, description="Log the best model as an MLflow model at the end.")
     system_metrics: bool = Field(False, description="Log CPU/GPU/memory usage every 10 s (system/*).")
 

@@ -79,6 +79,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default="auto",
         help="where the model runs (default auto: CUDA if present); use cpu when the GPU is busy",
     )
+    model.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        default="auto",
+        help="network arithmetic: auto = bf16 on CPUs/GPUs with native bf16, fp16 on older GPUs, else fp32",
+    )
     p.add_argument(
         "--spacing",
         choices=["mm", "voxel"],
@@ -182,7 +188,11 @@ def _run_model(args: argparse.Namespace) -> int:
     from medcl.inference.predictor import Predictor
 
     predictor = Predictor.load(
-        args.model, device=args.device, tracking_uri=args.tracking_uri, output=str(output)
+        args.model,
+        device=args.device,
+        precision=args.precision,
+        tracking_uri=args.tracking_uri,
+        output=str(output),
     )
     names = list(predictor.class_names)
     if len(names) != info.num_classes:

@@ -56,6 +56,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to run the network"
     )
     p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        default="auto",
+        help="network arithmetic: auto = bf16 on CPUs/GPUs with native bf16, fp16 on older GPUs, else fp32",
+    )
+    p.add_argument(
         "--batch-size",
         type=int,
         default=None,
@@ -79,7 +85,11 @@ def run(args: argparse.Namespace) -> int:
 
     out_dir = Path(args.output).expanduser().resolve()
     predictor = Predictor.load(
-        args.model, device=args.device, tracking_uri=args.tracking_uri, output=args.runs
+        args.model,
+        device=args.device,
+        precision=args.precision,
+        tracking_uri=args.tracking_uri,
+        output=args.runs,
     )
     if args.batch_size:
         predictor.sw_batch_size = args.batch_size

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import SimpleITK as sitk
 from monai.data import ImageReader
 from monai.data.image_reader import _stack_images
 from monai.utils import MetaKeys, SpaceKeys
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk
 
 SITK_SUFFIXES = (".nrrd", ".mha", ".mhd", ".dcm")
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -35,6 +38,8 @@ def sitk_affine(image: sitk.Image) -> np.ndarray:
 
 def sitk_to_array(image: sitk.Image) -> np.ndarray:
     """Voxel array indexed (x, y, z[, channel]), matching :func:`sitk_affine`."""
+    import SimpleITK as sitk  # imported when a non-NIfTI file is read (NIfTI goes through nibabel)
+
     array = sitk.GetArrayFromImage(image)  # (z, y, x[, c])
     spatial = image.GetDimension()
     order = tuple(reversed(range(spatial))) + tuple(range(spatial, array.ndim))
@@ -43,6 +48,8 @@ def sitk_to_array(image: sitk.Image) -> np.ndarray:
 
 def read_sitk(path: str | Path) -> sitk.Image:
     """Read a file, or a DICOM series when ``path`` is a folder."""
+    import SimpleITK as sitk
+
     path = Path(path)
     if path.is_dir():
         reader = sitk.ImageSeriesReader()

@@ -203,7 +203,9 @@ def _collate_none(batch: Any) -> Any:
     return batch
 
 
-def step_loader(batches: TrainBatches, start: int, stop: int, num_workers: int) -> DataLoader:
+def step_loader(
+    batches: TrainBatches, start: int, stop: int, num_workers: int, pin_memory: bool = False
+) -> DataLoader:
     """Loader yielding the batches of steps ``start .. stop-1`` in order.
 
     ``num_workers == 0`` samples in the training process, which is fastest on small CPU machines (measured in
@@ -217,4 +219,5 @@ def step_loader(batches: TrainBatches, start: int, stop: int, num_workers: int) 
         num_workers=num_workers,
         collate_fn=_collate_none,
         prefetch_factor=4 if num_workers > 0 else None,
+        pin_memory=pin_memory,  # CUDA: page-locked batches, copied with non_blocking=True
     )

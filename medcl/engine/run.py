@@ -135,6 +135,9 @@ def train(
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     set_determinism(seed=cfg.train.seed + dist.rank())
+    if device.type == "cuda" and not cfg.train.deterministic:
+        torch.backends.cudnn.deterministic = False
+        torch.backends.cudnn.benchmark = True  # fixed patch sizes: the autotuned kernels are reused
 
     info = load_dataset(cfg.data.path, unlabeled_dir=cfg.data.unlabeled_dir)
     spec = data_spec(cfg, info)
@@ -190,6 +193,7 @@ def train(
     tracker: Any = NullTracker()
     if dist.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
+    if dist.is_main() and cfg.tracking.enabled:
         uri, artifact_root = resolve_store(cfg.tracking.uri, cfg.output)
         print(f"MLflow tracking store: {uri}")
         tracker = MlflowTracker(uri, artifact_root, cfg.tracking.experiment)
@@ -219,13 +223,15 @@ def train(
             tracker.log_params(params)
             tracker.log_dict(cfg.model_dump(mode="json"), "config/resolved_config.json")
             tracker.log_dict(splits.to_dict(), "config/splits.json")
-            (run_dir / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=1))
-            splits.save(run_dir / "splits.json")
+    if dist.is_main() and resume_state is None:
+        (run_dir / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=1))
+        splits.save(run_dir / "splits.json")
 
     status = "FAILED"
     try:
         batches = TrainBatches(samplers, seed=cfg.train.seed, rank=dist.rank())
         trainer = Trainer(cfg, method, spec, batches, val_vols, run_dir, tracker=tracker, progress=progress)
+        tracker.log_params({"train.precision_resolved": trainer.precision.name})  # what "auto" chose here
         if resume_path is not None:
             trainer.load(resume_path)
         result = trainer.fit()

@@ -1,7 +1,10 @@
 """The one engine: step-based training of any :class:`~medcl.methods.Method`.
 
-Per step: next batch -> ``method(batch, step)`` -> backward (AMP on CUDA) -> gradient clipping -> optimiser
-and LR-schedule step -> ``method.on_step_end``. Every ``train.log_every`` steps the mean losses go to MLflow;
+Per step: next batch -> ``method(batch, step)`` (networks at ``train.precision``: bf16 autocast on CPUs and GPUs
+that have it, see :mod:`medcl.precision`) -> backward (loss scaling for fp16) -> gradient clipping -> optimiser
+and LR-schedule step -> ``method.on_step_end``. Losses stay on the device as tensors; every
+``train.log_every`` steps (and before validating or saving) they are checked for NaN/inf and their means go
+to MLflow, one host sync per window.
 every ``val.every`` steps (and at the end) the inference network is validated on whole 3D volumes with a
 sliding window, per-class Dice/HD95 are logged with overlays, and ``best.pt`` follows ``val/dice_mean``;
 ``last.pt`` is written every ``train.checkpoint_every`` steps and when the run is interrupted.
@@ -32,6 +35,7 @@ from medcl.errors import MedclError
 from medcl.evaluation.metrics import case_metrics
 from medcl.inference.window import make_inferer, predict_volume
 from medcl.methods.base import DataSpec, Method
+from medcl.precision import resolve_precision, set_compute_dtype
 from medcl.tracking.mlflow_tracking import NullTracker
 
 log = logging.getLogger(__name__)
@@ -51,6 +55,10 @@ class TrainResult:
     last_checkpoint: Path | None = None
     seconds: float = 0.0
     model_uri: str | None = None
+    #: Of ``seconds``: waiting for the next batch (sampling when ``data.num_workers`` is 0, else the loader
+    #: workers falling behind) and validating.
+    loader_seconds: float = 0.0
+    validation_seconds: float = 0.0
 
 
 def resolve_device(name: str) -> torch.device:
@@ -116,9 +124,12 @@ class Trainer:
             self.model = DistributedDataParallel(method, device_ids=ids)
         self.optimizer = build_optimizer(method.param_groups(), cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.train.steps, cfg.optim)
-        self.amp = cfg.train.amp and self.device.type == "cuda"
-        self.amp_dtype = torch.bfloat16 if self.amp and torch.cuda.is_bf16_supported() else torch.float16
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
+        self.precision = resolve_precision(cfg.train.precision, self.device)
+        set_compute_dtype(method, self.precision.dtype)
+        log.info(
+            "precision: %s on %s (train.precision=%s)", self.precision.name, self.device, cfg.train.precision
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.needs_scaler)
         self.inferer = make_inferer(
             spec.spatial_dims,
             spec.patch_size,
@@ -179,7 +190,7 @@ class Trainer:
         self.best_per_class = best.get("per_class") or {}
 
     # ---------------------------------------------------------------- validation
-    @torch.no_grad()
+    @torch.inference_mode()
     def validate(self) -> dict[str, float]:
         """Dice/HD95 per class on whole val volumes; logs metrics and overlays; returns the metrics.
 
@@ -214,8 +225,7 @@ class Trainer:
         pictures = []
         for i, vol in enumerate(self.val_volumes):
             image, label = vol["image"], vol["label"]
-            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
-                probs = predict_volume(net, image, self.inferer, self.device)
+            probs = predict_volume(net, image, self.inferer, self.device)
             pred = probs.argmax(0).cpu()
             spacing = [float(s) for s in image.pixdim] if hasattr(image, "pixdim") else None
             m = case_metrics(pred, label[0], self.spec.num_classes, spacing, hd95=self.cfg.val.hd95)
@@ -264,16 +274,12 @@ class Trainer:
             self.tracker.log_metrics({"val/best_dice_mean": score}, step=self.step)
 
     # ---------------------------------------------------------------- training
-    def _train_step(self, batch: dict[str, Any]) -> dict[str, float]:
+    def _train_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor | float]:
+        """One optimiser step; returns the step's losses as detached tensors (no host sync here)."""
         batch = _to_device(batch, self.device)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
-            out = self.model(batch, self.step)
+        # The networks run at self.precision inside their forward (medcl.precision); losses are float32.
+        out = self.model(batch, self.step)
         loss = out["loss"]
-        if not torch.isfinite(loss):
-            raise MedclError(
-                f"the training loss became {loss.item()} at step {self.step}; lower optim.lr "
-                f"(now {self.cfg.optim.lr}) or check the data with `medcl data check`"
-            )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.cfg.optim.grad_clip:
@@ -283,42 +289,77 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         self.method.on_step_end(self.step)
-        values = {}
+        values: dict[str, torch.Tensor | float] = {}
         for key, value in out.items():
             name = "loss" if key == "loss" else (f"loss_{key}" if torch.is_tensor(value) else key)
-            values[name] = float(value.detach()) if torch.is_tensor(value) else float(value)
+            values[name] = value.detach().float() if torch.is_tensor(value) else float(value)
         return values
+
+    def _flush(self, window: dict[str, list[torch.Tensor | float]], first_step: int) -> dict[str, float]:
+        """Mean of each logged value over the window; one host sync per window, not per step.
+
+        Raises:
+            MedclError: When the loss was NaN or infinite at some step of the window (named).
+        """
+        keys = sorted(window)
+        stacked = {k: torch.stack([torch.as_tensor(v, dtype=torch.float32) for v in window[k]]) for k in keys}
+        bad = (~torch.isfinite(stacked["loss"])).nonzero()
+        if len(bad):
+            step = first_step + int(bad[0, 0])
+            raise MedclError(
+                f"the training loss became {float(stacked['loss'][bad[0, 0]])} at step {step}; lower optim.lr "
+                f"(now {self.cfg.optim.lr}) or check the data with `medcl data check`"
+            )
+        # On the device: NCCL reduces CUDA tensors only.
+        avg = dist.all_reduce_mean(torch.stack([stacked[k].mean().to(self.device) for k in keys])).cpu()
+        return {f"train/{k}": float(v) for k, v in zip(keys, avg, strict=True)}
 
     def fit(self) -> TrainResult:
         """Train from ``self.step`` to ``cfg.train.steps``; validate and checkpoint on the way."""
         total = self.cfg.train.steps
         start_time = time.perf_counter()
-        loader = step_loader(self.batches, self.step, total, self.cfg.data.num_workers)
+        loader = step_loader(
+            self.batches, self.step, total, self.cfg.data.num_workers, pin_memory=self.device.type == "cuda"
+        )
         bar = tqdm(
             total=total, initial=self.step, disable=not self.progress, desc="train", dynamic_ncols=True
         )
-        window: dict[str, list[float]] = defaultdict(list)
+        window: dict[str, list[torch.Tensor | float]] = defaultdict(list)
+        window_start = self.step
+        loader_seconds = validation_seconds = 0.0
         self.method.train()
+        batches = iter(loader)
         try:
-            for batch in loader:
+            while True:
+                tick = time.perf_counter()
+                batch = next(batches, None)
+                if batch is None:
+                    break
+                loader_seconds += time.perf_counter() - tick
                 values = self._train_step(batch)
                 self.step += 1
                 for k, v in values.items():
                     window[k].append(v)
                 bar.update(1)
-                if self.step % self.cfg.train.log_every == 0 or self.step == total:
-                    keys = sorted(window)
-                    avg = dist.all_reduce_mean(torch.tensor([float(np.mean(window[k])) for k in keys]))
-                    means = {f"train/{k}": float(v) for k, v in zip(keys, avg, strict=True)}
+                log_now = self.step % self.cfg.train.log_every == 0 or self.step == total
+                validate_now = self.step % self.cfg.val.every == 0 or self.step == total
+                save_now = self.step % self.cfg.train.checkpoint_every == 0 or self.step == total
+                # Losses are checked for NaN/inf before anything is logged, validated or saved.
+                if log_now or validate_now or save_now:
+                    means = self._flush(window, window_start)
+                if log_now:
                     means["train/lr"] = self.optimizer.param_groups[0]["lr"]
                     self.tracker.log_metrics(means, step=self.step)
                     bar.set_postfix(loss=f"{means['train/loss']:.4f}")
                     window.clear()
-                if self.step % self.cfg.val.every == 0 or self.step == total:
+                    window_start = self.step
+                if validate_now:
+                    tick = time.perf_counter()
                     if dist.is_main():
                         self._after_validation(self.validate())
                     dist.barrier()
-                if self.step % self.cfg.train.checkpoint_every == 0 or self.step == total:
+                    validation_seconds += time.perf_counter() - tick
+                if save_now:
                     self.save("last.pt")
         except KeyboardInterrupt:
             if self.step > 0:
@@ -337,6 +378,8 @@ class Trainer:
             best_checkpoint=self.ckpt_dir / "best.pt" if self.best_step is not None else None,
             last_checkpoint=self.ckpt_dir / "last.pt",
             seconds=time.perf_counter() - start_time,
+            loader_seconds=loader_seconds,
+            validation_seconds=validation_seconds,
         )
 
 

@@ -21,7 +21,6 @@ from typing import Literal
 
 import nibabel as nib
 import numpy as np
-import SimpleITK as sitk
 import torch
 from monai.data.meta_tensor import MetaTensor
 from monai.transforms import Invertd, KeepLargestConnectedComponent
@@ -34,6 +33,7 @@ from medcl.engine.trainer import resolve_device
 from medcl.errors import DataError
 from medcl.inference.window import make_inferer
 from medcl.methods import DataSpec, build_method
+from medcl.precision import resolve_precision, set_compute_dtype
 from medcl.tracking.mlflow_tracking import resolve_checkpoint
 
 log = logging.getLogger(__name__)
@@ -68,11 +68,23 @@ class Predictor:
     ``models:/<name>@<alias>`` URI.
     """
 
-    def __init__(self, cfg, spec: DataSpec, net: torch.nn.Module, device: torch.device, source: str) -> None:
+    def __init__(
+        self,
+        cfg,
+        spec: DataSpec,
+        net: torch.nn.Module,
+        device: torch.device,
+        source: str,
+        precision: str = "auto",
+    ) -> None:
         self.cfg = cfg
         self.spec = spec
         self.net = net.to(device).eval()
         self.device = device
+        # Same rule as training (medcl.precision): bf16 autocast where the hardware has it; softmax,
+        # TTA averaging and inversion are float32.
+        self.precision = resolve_precision(precision, device)
+        set_compute_dtype(self.net, self.precision.dtype)
         self.source = source
         self.preprocess = volume_transforms(cfg.data, spec.modality, with_label=False)
         self.sw_batch_size = cfg.val.sw_batch_size
@@ -83,6 +95,7 @@ class Predictor:
         source: str,
         *,
         device: str = "auto",
+        precision: str = "auto",
         tracking_uri: str | None = None,
         output: str | Path = "medcl_runs",
     ) -> Predictor:
@@ -100,7 +113,7 @@ class Predictor:
         )
         method = build_method(cfg, spec)
         method.load_state_dict(state["model"])
-        return cls(cfg, spec, method.inference_network(), resolve_device(device), source)
+        return cls(cfg, spec, method.inference_network(), resolve_device(device), source, precision)
 
     @property
     def class_names(self) -> list[str]:
@@ -114,7 +127,7 @@ class Predictor:
             axes = [0, 1, 2]
         return [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def _probabilities(self, image: torch.Tensor, tta: bool, progress: bool) -> torch.Tensor:
         """Softmax ``(K, X, Y, Z)`` of a preprocessed ``(C, X, Y, Z)`` volume, averaged over flips with TTA."""
         inferer = make_inferer(
@@ -215,6 +228,8 @@ def write_labels(labels: np.ndarray, reference: Path, out_path: Path) -> Path:
             img.header.set_slope_inter(1, 0)
             nib.save(img, str(tmp))
         else:
+            import SimpleITK as sitk  # only for non-NIfTI outputs
+
             ref_img = read_sitk(reference)
             arr = labels.astype(np.uint8)
             out = sitk.GetImageFromArray(np.ascontiguousarray(arr.transpose(2, 1, 0)))

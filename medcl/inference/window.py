@@ -32,7 +32,7 @@ def make_inferer(
     return SlidingWindowInferer(**kwargs)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict_volume(
     net: torch.nn.Module, image: torch.Tensor, inferer: Inferer, device: torch.device
 ) -> torch.Tensor:

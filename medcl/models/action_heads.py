@@ -39,6 +39,7 @@ from monai.networks.layers import Conv, Pool
 from torch import Tensor, nn
 
 from medcl.models.networks import NetOutput
+from medcl.precision import mixed_precision
 
 __all__ = [
     "LatentPredictor",
@@ -197,6 +198,7 @@ class RepresentationHead(nn.Module):
         conv = Conv[Conv.CONV, spatial_dims]
         self.block = nn.Sequential(conv(in_channels, out, 3, padding=1, bias=False), conv(out, out, 1))
 
+    @mixed_precision
     def forward(self, x: Tensor) -> Tensor:
         """``(B, C, *S) -> (B, D, *S)``."""
         return self.block(x)

@@ -24,6 +24,8 @@ from __future__ import annotations
 from monai.networks.layers import Conv, Norm, Pool
 from torch import Tensor, nn
 
+from medcl.precision import mixed_precision
+
 __all__ = ["GlobalProjectionHead", "LocalProjectionHead", "PixelProjectionHead"]
 
 
@@ -152,6 +154,7 @@ class LocalProjectionHead(nn.Module):
             conv(channels, channels, kernel_size=1, bias=False),
         )
 
+    @mixed_precision
     def forward(self, x: Tensor) -> Tensor:
         """Project a decoder feature map position by position.
 
@@ -213,6 +216,7 @@ class PixelProjectionHead(nn.Module):
         # Shared by every source: one embedding space for both networks.
         self.last = nn.Linear(hidden, out)
 
+    @mixed_precision
     def forward(self, x: Tensor, source: int) -> Tensor:
         """Project channel-last vectors of one source.
 

@@ -31,6 +31,7 @@ from monai.networks.nets import BasicUNet, SwinUNETR, UNet
 from torch import Tensor, nn
 
 from medcl.errors import ConfigError
+from medcl.precision import mixed_precision
 
 __all__ = ["ACTIVATIONS", "NETWORK_NAMES", "NORMS", "NetOutput", "SegNet", "build_network"]
 
@@ -236,6 +237,7 @@ class SegNet(nn.Module):
                 f"got {shape}: {hint}."
             )
 
+    @mixed_precision
     def forward(self, x: Tensor, return_features: bool = False) -> Tensor | NetOutput:
         """Run the network; optionally also return decoder features and the bottleneck.
 

@@ -172,6 +172,7 @@ class StubPredictor:
     case, so the scores are known without a trained model."""
 
     loaded: list[tuple[str, str, str | None, str]] = []
+    precisions: list[str] = []
 
     def __init__(self, dataset: Path) -> None:
         self.dataset = dataset
@@ -179,9 +180,16 @@ class StubPredictor:
 
     @classmethod
     def load(
-        cls, source: str, *, device: str = "auto", tracking_uri: str | None = None, output: str = "medcl_runs"
+        cls,
+        source: str,
+        *,
+        device: str = "auto",
+        precision: str = "auto",
+        tracking_uri: str | None = None,
+        output: str = "medcl_runs",
     ):
         cls.loaded.append((source, device, tracking_uri, output))
+        cls.precisions.append(precision)
         return cls(Path(json.loads(Path(source).read_text())["dataset"]))
 
     def segment(self, image_paths):
@@ -208,10 +216,11 @@ def test_model_mode_logs_a_new_mlflow_run(
     model = tmp_path / "model.json"  # the stub's "checkpoint"
     model.write_text(json.dumps({"dataset": str(hippocampus)}))
     args = ["evaluate", "--model", model, "--data", hippocampus, "--splits", splits, "--subset", "test"]
-    code = run_cli(*args, "--output", output_dir, "--device", "cpu", "--no-progress")
+    code = run_cli(*args, "--output", output_dir, "--device", "cpu", "--precision", "fp32", "--no-progress")
     stdout = capsys.readouterr().out
     assert code == 0, stdout
     assert StubPredictor.loaded[-1] == (str(model), "cpu", None, str(output_dir))
+    assert StubPredictor.precisions[-1] == "fp32"
 
     [summary_path] = (output_dir / "evaluations").glob("test-*/summary.json")
     data = json.loads(summary_path.read_text())
