@@ -9,7 +9,8 @@ Parts (``--parts``, default all):
   batches, pre-sampled so that the bare loop does no data loading at all. Configs:
   ``configs/hippocampus/supervised.yaml`` (Task04_Hippocampus, batch 16 x 64x64 slices) and
   ``configs/la2018/supervised.yaml`` (LA2018, batch 2; ``--patch3d`` sets the patch, default 64x64x48 so a
-  CPU round takes minutes, the config's 112x112x80 on a GPU).
+  CPU round takes minutes, the config's 112x112x80 on a GPU). Also: the bare loop under plain
+  ``torch.autocast`` bf16 (the floor bf16 allows) and medcl with one loader worker process.
 * ``mcsc``: an MCSC step (forward + backward + AdamW + ``on_step_end``) of ``configs/hippocampus/mcsc.yaml``
   vs the same step with ``method.contrast_weight=0`` (cross teaching: no projector, no contrast), after the
   contrast warm-up, at the precision ``auto`` gives. Target: contrast <= 15% of the step.
@@ -81,8 +82,13 @@ def setup(
     return cfg, spec, TrainBatches(samplers, seed=cfg.train.seed)
 
 
-def bare_monai_loop(cfg: Config, spec: Any, batches: list[dict], device: torch.device) -> float:
-    """Seconds per step of a plain fp32 MONAI loop: network, DiceCELoss, optimiser; batches preloaded."""
+def bare_monai_loop(
+    cfg: Config, spec: Any, batches: list[dict], device: torch.device, dtype: torch.dtype | None = None
+) -> float:
+    """Seconds per step of a plain MONAI loop: network, DiceCELoss, optimiser; batches preloaded.
+
+    ``dtype`` None is fp32; bf16 wraps the forward and loss in ``torch.autocast`` (the textbook way, for the
+    floor of what bf16 can give)."""
     torch.manual_seed(0)
     net = build_method(cfg, spec).inference_network().net.to(device)  # the bare MONAI network
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
@@ -91,7 +97,8 @@ def bare_monai_loop(cfg: Config, spec: Any, batches: list[dict], device: torch.d
     net.train()
 
     def step(b: dict) -> None:
-        loss = loss_fn(net(b["image"]), b["label"])
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = loss_fn(net(b["image"]), b["label"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -190,12 +197,15 @@ def supervised_part(name: str, args: argparse.Namespace, device: torch.device, o
     common = [*extra, f"train.device={device.type}", "train.checkpoint_every=100", "train.log_every=10"]
     cfg, spec, batches = setup(config, data, common, n_cases=args.cases)
     fp32_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"precision": "fp32"})})
+    w1_cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"num_workers": 1})})
     pre = [batches[s] for s in range(args.steps)]
     times = interleave(
         {
             "bare_monai_fp32": lambda: bare_monai_loop(cfg, spec, pre, device),
+            "bare_monai_bf16": lambda: bare_monai_loop(cfg, spec, pre, device, torch.bfloat16),
             "medcl_fp32": lambda: engine_loop(fp32_cfg, spec, batches, args.steps, out, f"{name}-fp32"),
             "medcl_auto": lambda: engine_loop(cfg, spec, batches, args.steps, out, f"{name}-auto"),
+            "medcl_auto_1_worker": lambda: engine_loop(w1_cfg, spec, batches, args.steps, out, f"{name}-w1"),
         },
         args.rounds,
     )
@@ -207,6 +217,8 @@ def supervised_part(name: str, args: argparse.Namespace, device: torch.device, o
         "s_per_step": {k: round(v, 4) for k, v in times.items()},
         "medcl_auto_vs_bare_fp32": round(times["medcl_auto"] / bare, 3),
         "medcl_fp32_vs_bare_fp32": round(times["medcl_fp32"] / bare, 3),
+        "bare_bf16_vs_bare_fp32": round(times["bare_monai_bf16"] / bare, 3),
+        "medcl_auto_1_worker_vs_bare_fp32": round(times["medcl_auto_1_worker"] / bare, 3),
         "target": "medcl_auto_vs_bare_fp32 <= 0.65",
     }
 

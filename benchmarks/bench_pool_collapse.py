@@ -33,7 +33,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ACDC" / "image
 
 def mean_cosine(v: torch.Tensor) -> float:
     """Mean cosine similarity over all pairs of distinct images: the pretraining runs' ``emb_cos_mean``."""
-    return embedding_stats(v.flatten(1))["emb_cos_mean"]
+    return float(embedding_stats(v.flatten(1))["emb_cos_mean"])
 
 
 def main() -> None:

@@ -213,7 +213,20 @@ def run_job(name: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    result = train(cfg, progress=False)
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        with profile(activities=activities) as prof:
+            result = train(cfg, progress=False)
+        sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+        table = prof.key_averages().table(sort_by=sort, row_limit=30, max_name_column_width=50)
+        cpu_table = prof.key_averages().table(
+            sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=50
+        )
+        (Path(args.profile) / f"profile_{name}.txt").write_text(f"{table}\n\n{cpu_table}\n")
+    else:
+        result = train(cfg, progress=False)
     total = time.perf_counter() - start
     training = max(result.seconds - result.validation_seconds, 1e-9)
     return {
@@ -270,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override for every job"
     )
     parser.add_argument("--json", metavar="FILE", help="also write the results to FILE")
+    parser.add_argument("--profile", metavar="DIR", help="torch.profiler tables of each job into DIR")
     args = parser.parse_args(argv)
     if args.prepare:
         prepare(Path(args.data_root), Path(args.prepare))

@@ -158,17 +158,19 @@ def mixed_precision(forward: F) -> F:
     """Decorate a module's ``forward(self, x, ...)``: run it under autocast at ``self.compute_dtype``.
 
     With ``compute_dtype`` None (the default) the forward runs as written. Otherwise it runs under
-    ``torch.autocast(x.device.type, dtype=compute_dtype)`` and its bf16/fp16 outputs come back as float32,
+    ``torch.autocast`` on ``x``'s device (the module's parameters' device when ``x`` is not a tensor) at
+    ``compute_dtype``, and its bf16/fp16 outputs come back as float32,
     so the caller's arithmetic is float32 while the convolutions, matrix products and attention inside ran
     in reduced precision.
     """
 
     @functools.wraps(forward)
-    def wrapper(self: nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+    def wrapper(self: nn.Module, x: Any, *args: Any, **kwargs: Any) -> Any:
         dtype = getattr(self, "compute_dtype", None)
         if dtype is None:
             return forward(self, x, *args, **kwargs)
-        with torch.autocast(x.device.type, dtype=dtype):
+        device = x.device if torch.is_tensor(x) else next(self.parameters()).device
+        with torch.autocast(device.type, dtype=dtype):
             out = forward(self, x, *args, **kwargs)
         return to_float32(out)
 

@@ -111,6 +111,17 @@ def _plain(x: Any) -> Any:
     return x.as_tensor() if isinstance(x, MetaTensor) else x
 
 
+def _pad_to(x: torch.Tensor, axes: Sequence[int], size: Sequence[int]) -> torch.Tensor:
+    """Zero-pad spatial ``axes`` of a ``(C, X, Y, Z)`` volume to at least ``size``, split as MONAI's symmetric
+    ``SpatialPad`` splits it (``before = width // 2``)."""
+    widths = [0] * 6  # F.pad order: last axis first, (before, after) each
+    for axis, target in zip(axes, size, strict=True):
+        width = max(int(target) - x.shape[1 + axis], 0)
+        widths[2 * (2 - axis)] = width // 2
+        widths[2 * (2 - axis) + 1] = width - width // 2
+    return torch.nn.functional.pad(x, widths) if any(widths) else x
+
+
 @dataclass
 class StepSampler:
     """Draws ``batch_size`` samples for a given step from preprocessed volumes.
@@ -125,6 +136,9 @@ class StepSampler:
             (which crops a patch).
         slice_axis: spatial axis (0, 1, 2) of the slices, for 2D.
         stream: distinguishes the random streams of one run (labeled 0, unlabeled 1, ...).
+        patch_size: when given, every volume is zero-padded once, symmetrically, to at least this size in the
+            sampled axes (what ``SpatialPadd`` at the head of ``transform`` would do to every sample), so the
+            per-sample pad is a no-op on the hot path.
     """
 
     volumes: list[dict[str, Any]]
@@ -134,6 +148,7 @@ class StepSampler:
     slice_axis: int = 2
     stream: int = 0
     batch_transform: Callable | None = None
+    patch_size: Sequence[int] | None = None
 
     def __post_init__(self) -> None:
         if not self.volumes:
@@ -142,6 +157,11 @@ class StepSampler:
         self.keys = keys
         # Plain tensors for fast slicing; the metadata is not needed for training samples.
         self._arrays = [{k: _plain(v[k]) for k in keys} for v in self.volumes]
+        if self.patch_size is not None:
+            axes = [a for a in range(3) if a != self.slice_axis] if self.spatial_dims == 2 else [0, 1, 2]
+            self._arrays = [
+                {k: _pad_to(v, axes, self.patch_size) for k, v in a.items()} for a in self._arrays
+            ]
         if self.spatial_dims == 2:
             depth = [a["image"].shape[1 + self.slice_axis] for a in self._arrays]
             # (volume index, slice index) for every slice: slices are drawn uniformly over the dataset.

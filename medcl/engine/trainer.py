@@ -59,6 +59,8 @@ class TrainResult:
     #: workers falling behind) and validating.
     loader_seconds: float = 0.0
     validation_seconds: float = 0.0
+    #: ``val/dice_mean`` of the last validation (the final model's, when validation ran at the last step).
+    final_dice: float | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -142,6 +144,7 @@ class Trainer:
         self.best_dice: float | None = None
         self.best_step: int | None = None
         self.best_per_class: dict[str, dict[str, float]] = {}
+        self.final_dice: float | None = None
 
     # ---------------------------------------------------------------- checkpoints
     @property
@@ -259,6 +262,7 @@ class Trainer:
         if not metrics:
             return
         score = metrics["val/dice_mean"]
+        self.final_dice = score
         line = " ".join(f"{k.removeprefix('val/')}={v:.4f}" for k, v in metrics.items() if "dice" in k)
         log.info("step %d validation: %s", self.step, line)
         if self.best_dice is None or score > self.best_dice:
@@ -291,7 +295,8 @@ class Trainer:
         self.method.on_step_end(self.step)
         values: dict[str, torch.Tensor | float] = {}
         for key, value in out.items():
-            name = "loss" if key == "loss" else (f"loss_{key}" if torch.is_tensor(value) else key)
+            is_loss = torch.is_tensor(value) and key not in self.method.metrics
+            name = "loss" if key == "loss" else (f"loss_{key}" if is_loss else key)
             values[name] = value.detach().float() if torch.is_tensor(value) else float(value)
         return values
 
@@ -380,6 +385,7 @@ class Trainer:
             seconds=time.perf_counter() - start_time,
             loader_seconds=loader_seconds,
             validation_seconds=validation_seconds,
+            final_dice=self.final_dice,
         )
 
 

@@ -73,7 +73,6 @@ from medcl.models.action_heads import (
     WindowPredictor,
     WindowProjection,
     count_windows,
-    decoder_stack,
     window_embeddings,
 )
 from medcl.models.centers import uniform_centers
@@ -419,6 +418,7 @@ class ActionPP(_StudentTeacher):
     """ACTION/ACTION++ stage 3: pseudo-labels on strong views + AnCo + SAACL (see the module docstring)."""
 
     name = "actionpp"
+    metrics: ClassVar[frozenset[str]] = frozenset({"confident_fraction"})
     Params = ActionPPParams
     streams: ClassVar[dict[str, bool]] = {"labeled": True, "unlabeled": False}
     params: ActionPPParams
@@ -476,7 +476,7 @@ class ActionPP(_StudentTeacher):
     def _representation(self, head: nn.Module, out: NetOutput) -> Tensor:
         """``head`` on the stacked decoder maps at 1/rep_scale of the output size: ``(B, D, *S / s)``."""
         size = [s // self.params.rep_scale for s in out.logits.shape[2:]]
-        return head(decoder_stack(out, size))
+        return head(out, size)
 
     def _subsample(self, t: Tensor) -> Tensor:
         """Label/confidence maps ``(B, *S)`` or ``(B, K, *S)`` at the representation's resolution."""
@@ -601,7 +601,7 @@ class ActionPP(_StudentTeacher):
             l_unsup = self.unsup_loss(logits[n_lab:], pseudo, conf)
             loss = loss + p.unsup_weight * l_unsup
             result["unsup"] = l_unsup.detach()
-            result["confident_fraction"] = float((conf >= p.pseudo_threshold).float().mean())
+            result["confident_fraction"] = (conf >= p.pseudo_threshold).float().mean()
 
         if need_rep:
             assert isinstance(out, NetOutput) and self.rep_head is not None

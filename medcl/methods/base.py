@@ -55,6 +55,10 @@ class Method(nn.Module, metaclass=ABCMeta):
     streams: ClassVar[dict[str, bool]] = {"labeled": True}
     #: Whether the engine validates segmentation on the val cases (pretraining methods do not segment).
     validates: ClassVar[bool] = True
+    #: Keys of ``training_step``'s result that are statistics, not losses: logged as ``train/<key>`` even when
+    #: they are tensors (other tensor entries are logged as ``train/loss_<key>``). Returning a tensor, not a
+    #: float, keeps the step free of host syncs.
+    metrics: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, cfg: Config, spec: DataSpec) -> None:
         super().__init__()
@@ -116,6 +120,7 @@ class Method(nn.Module, metaclass=ABCMeta):
             slice_axis=data.slice_axis,
             stream=stream_index,
             batch_transform=batch_transforms(data.augment),
+            patch_size=data.patch_size,  # volumes padded once, not every sample
         )
 
     def param_groups(self) -> list[dict[str, Any]]:

@@ -85,7 +85,7 @@ class LocalParams(PretrainParams):
     embed_dim: int | None = Field(128, description="Linear embedding of each window; null = average-pool it.")
 
 
-def embedding_stats(z: torch.Tensor) -> dict[str, float]:
+def embedding_stats(z: torch.Tensor) -> dict[str, torch.Tensor]:
     """Collapse indicators: mean pairwise cosine and std of the L2-normalised embeddings (detached).
 
     A collapsed encoder maps everything to one direction: the mean cosine goes to 1 and the std to 0.
@@ -95,7 +95,8 @@ def embedding_stats(z: torch.Tensor) -> dict[str, float]:
         cos = u @ u.T  # (N, N)
         n = u.shape[0]
         off = cos[~torch.eye(n, dtype=torch.bool, device=u.device)]
-        return {"emb_cos_mean": float(off.mean()), "emb_std": float(u.std(dim=0).mean())}
+        # 0-dim tensors, not floats: no host sync in the training step (the engine averages them per window).
+        return {"emb_cos_mean": off.mean(), "emb_std": u.std(dim=0).mean()}
 
 
 class _Pretrain(Method):
@@ -103,6 +104,7 @@ class _Pretrain(Method):
 
     streams: ClassVar[dict[str, bool]] = {"images": False}
     validates: ClassVar[bool] = False
+    metrics: ClassVar[frozenset[str]] = frozenset({"emb_cos_mean", "emb_std"})
     mode: ClassVar[str]
     views: ClassVar[int]
     include_original: ClassVar[bool]

@@ -165,12 +165,13 @@ def window_embeddings(logits: Tensor, window: int, stride: int, pool: int, *head
     return cells.reshape(b, math.prod(windows), -1)
 
 
-def decoder_stack(out: NetOutput, size: Sequence[int]) -> Tensor:
+def decoder_stack(out: NetOutput, size: Sequence[int], dtype: torch.dtype | None = None) -> Tensor:
     """The bottleneck and every decoder map resized to ``size`` and concatenated along channels.
 
     Args:
         out: A network's feature output.
         size: Target spatial size (the logits size, or that divided by the representation stride).
+        dtype: Cast each map to this dtype before resizing (None keeps the maps' own).
 
     Returns:
         Shape: ``(B, C_e + sum_k C_k, *size)``.
@@ -178,6 +179,8 @@ def decoder_stack(out: NetOutput, size: Sequence[int]) -> Tensor:
     mode = "bilinear" if len(size) == 2 else "trilinear"
     maps = []
     for fmap in (out.embedding, *out.features.values()):
+        if dtype is not None:
+            fmap = fmap.to(dtype)
         if tuple(fmap.shape[2:]) != tuple(size):
             fmap = F.interpolate(fmap, size=tuple(size), mode=mode, align_corners=False)
         maps.append(fmap)
@@ -199,6 +202,15 @@ class RepresentationHead(nn.Module):
         self.block = nn.Sequential(conv(in_channels, out, 3, padding=1, bias=False), conv(out, out, 1))
 
     @mixed_precision
-    def forward(self, x: Tensor) -> Tensor:
-        """``(B, C, *S) -> (B, D, *S)``."""
+    def forward(self, x: Tensor | NetOutput, size: Sequence[int] | None = None) -> Tensor:
+        """``(B, C, *S) -> (B, D, *S)``; given a network's :class:`NetOutput`, its :func:`decoder_stack` at
+        ``size`` first.
+
+        Under reduced precision the stack is built in the compute dtype (each map cast at its own, mostly low,
+        resolution before upsampling), so the wide full-resolution stack is never materialised in float32.
+        """
+        if isinstance(x, NetOutput):
+            if size is None:
+                raise ValueError("RepresentationHead needs the stack's size with a NetOutput")
+            x = decoder_stack(x, size, dtype=getattr(self, "compute_dtype", None))
         return self.block(x)

@@ -79,6 +79,31 @@ def test_batches_are_a_function_of_seed_rank_and_step(volumes) -> None:
     torch.testing.assert_close(late[1], a["image"])
 
 
+@pytest.mark.parametrize(
+    ("dims", "patch", "pos"),
+    [(2, [64, 64], None), (2, [48, 64], None), (3, [64, 40, 48], 0.5), (3, [64, 64, 16], 1.0)],
+)
+def test_padding_volumes_once_gives_the_same_batches(volumes, dims, patch, pos) -> None:
+    """Hippocampus slices (~35x50) are smaller than the patch: pre-padded volumes skip the per-sample pad."""
+    cfg = DataConfig()
+    make = lambda padded: StepSampler(  # noqa: E731
+        volumes,
+        sample_transforms(cfg.augment, patch, with_label=True, pos_fraction=pos),
+        batch_size=5,
+        spatial_dims=dims,
+        patch_size=patch if padded else None,
+    )
+    plain, padded = make(False), make(True)
+    assert any(
+        a["image"].shape != b["image"].shape for a, b in zip(plain._arrays, padded._arrays, strict=True)
+    )
+    for step in (0, 3):
+        a, b = plain.sample(0, 0, step), padded.sample(0, 0, step)
+        assert a["image"].shape[2:] == tuple(patch)
+        torch.testing.assert_close(a["image"], b["image"])
+        torch.testing.assert_close(a["label"], b["label"])
+
+
 def test_3d_patches_with_foreground_sampling(volumes) -> None:
     t = sample_transforms(None, [16, 16, 16], with_label=True, pos_fraction=1.0)
     sampler = StepSampler(volumes, t, batch_size=4, spatial_dims=3)

@@ -63,3 +63,27 @@ def test_latent_projection_grid_separates_instance_normalised_layouts() -> None:
     gap, grid = LatentProjection(3, 4, grid=1), LatentProjection(3, 4, grid=2)
     torch.testing.assert_close(gap(x)[0], gap(x)[1])
     assert (grid(x)[0] - grid(x)[1]).abs().max() > 1e-3
+
+
+def test_representation_head_stacks_a_net_output_in_the_compute_dtype() -> None:
+    from medcl.models.action_heads import RepresentationHead, decoder_stack
+    from medcl.models.networks import build_network
+    from medcl.precision import set_compute_dtype
+
+    torch.manual_seed(0)
+    net = build_network(
+        spatial_dims=2, in_channels=1, out_channels=3, name="basicunet", features=[4, 4, 8, 8, 16, 4]
+    )
+    out = net(torch.randn(2, 1, 32, 32), return_features=True)
+    channels = decoder_stack(out, [32, 32]).shape[1]
+    head = RepresentationHead(channels, 8, 2)
+    ref = head(decoder_stack(out, [16, 16]))  # fp32, stacked by the caller
+    assert torch.allclose(head(out, [16, 16]), ref, atol=1e-6)
+    set_compute_dtype(head, torch.bfloat16)
+    seen = []
+    head.block[0].register_forward_hook(lambda m, args, o: seen.append((args[0].dtype, o.dtype)))
+    low = head(out, [16, 16])
+    assert seen == [(torch.bfloat16, torch.bfloat16)]  # the stack itself was built in bf16
+    assert low.dtype == torch.float32 and torch.allclose(low, ref, atol=0.05 * ref.abs().max().item())
+    with pytest.raises(ValueError, match="size"):
+        head(out)
