@@ -96,15 +96,15 @@ def hippocampus_timings(n: int, tmp: Path) -> dict:
     }
     with torch.inference_mode():
         for case, x in zip(cases, tensors, strict=True):
-            for key, fn in (
-                ("bare_fp32", lambda: bare(x, False)),
-                ("bare_fp32_tta", lambda: bare(x, True)),
-                ("medcl_fp32", lambda: medcl(fp32, case, False)),
-                ("medcl_auto", lambda: medcl(auto, case, False)),
-                ("medcl_auto_tta", lambda: medcl(auto, case, True)),
+            for key, fn, fn_args in (
+                ("bare_fp32", bare, (x, False)),
+                ("bare_fp32_tta", bare, (x, True)),
+                ("medcl_fp32", medcl, (fp32, case, False)),
+                ("medcl_auto", medcl, (auto, case, False)),
+                ("medcl_auto_tta", medcl, (auto, case, True)),
             ):
                 start = time.perf_counter()
-                fn()
+                fn(*fn_args)
                 times[key].append(time.perf_counter() - start)
     med = {k: statistics.median(v) for k, v in times.items()}
     return {

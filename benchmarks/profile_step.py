@@ -25,7 +25,6 @@ from medcl.engine.trainer import _to_device
 from medcl.methods import build_method
 from medcl.precision import resolve_precision, set_compute_dtype
 
-
 # Self time of these operators is the networks' arithmetic; the rest is what the issue calls "not compute".
 COMPUTE = ("convolution", "mkldnn_conv", "aten::mm", "aten::bmm", "aten::addmm", "aten::linear", "matmul",
            "scaled_dot_product", "_softmax_backward", "native_layer_norm")  # fmt: skip
