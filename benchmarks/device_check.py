@@ -57,6 +57,21 @@ ACDC_GROUP = r"patient\d+"
 
 # name -> (dataset folder, config, overrides at full size, overrides for --tiny)
 TINY_2D = ["data.patch_size=[64, 64]", "model.features=[4, 4, 8, 8, 16, 4]", "val.sw_batch_size=64"]
+TINY_MCSC = [
+    "method.cnn.features=[4, 4, 8, 8, 16, 4]",
+    "method.transformer.feature_size=12",
+    "method.projector_hidden=16",
+    "method.projector_dim=8",
+    "method.contrast_warmup_steps=1",
+    "method.cps_rampup_steps=1",
+    "method.transformer.warmup_steps=1",
+]
+# MCSC's step-count schedules as fractions of --steps, so that every term runs within the check.
+MCSC_SCHEDULE = [
+    "method.contrast_warmup_steps={f10}",
+    "method.cps_rampup_steps={f50}",
+    "method.transformer.warmup_steps={f10}",
+]
 JOBS: dict[str, tuple[str, str, list[str], list[str]]] = {
     "supervised": ("ACDC", "configs/acdc/supervised.yaml", [], [*TINY_2D, "data.batch_size=2"]),
     "pretrain_global": (
@@ -74,22 +89,8 @@ JOBS: dict[str, tuple[str, str, list[str], list[str]]] = {
     "mcsc": (
         "ACDC",
         "configs/acdc/mcsc.yaml",
-        [
-            "method.contrast_warmup_steps={f10}",
-            "method.cps_rampup_steps={f50}",
-            "method.transformer.warmup_steps={f10}",
-        ],
-        [
-            "data.patch_size=[64, 64]",
-            "method.cnn.features=[4, 4, 8, 8, 16, 4]",
-            "method.transformer.feature_size=12",
-            "method.projector_hidden=16",
-            "method.projector_dim=8",
-            "method.contrast_warmup_steps=1",
-            "method.cps_rampup_steps=1",
-            "method.transformer.warmup_steps=1",
-            "val.sw_batch_size=64",
-        ],
+        MCSC_SCHEDULE,
+        ["data.patch_size=[64, 64]", *TINY_MCSC, "val.sw_batch_size=64"],
     ),
     "actionpp_pretrain": (
         "ACDC",
@@ -126,20 +127,10 @@ JOBS: dict[str, tuple[str, str, list[str], list[str]]] = {
     "mcsc_3d": (
         "LA2018",
         "configs/la2018/mcsc.yaml",
-        [
-            "method.contrast_warmup_steps={f10}",
-            "method.cps_rampup_steps={f50}",
-            "method.transformer.warmup_steps={f10}",
-        ],
+        MCSC_SCHEDULE,
         [
             "data.patch_size=[64, 64, 64]",
-            "method.cnn.features=[4, 4, 8, 8, 16, 4]",
-            "method.transformer.feature_size=12",
-            "method.projector_hidden=16",
-            "method.projector_dim=8",
-            "method.contrast_warmup_steps=1",
-            "method.cps_rampup_steps=1",
-            "method.transformer.warmup_steps=1",
+            *TINY_MCSC,
             "data.batch_size=1",
             "data.unlabeled_batch_size=1",
             "val.sw_batch_size=4",

@@ -21,12 +21,12 @@ def small_net():
     )
 
 
-def conv_dtypes(net) -> list[torch.dtype]:
-    """Output dtype of every convolution in the next forward."""
-    seen: list[torch.dtype] = []
+def conv_dtypes(net) -> list[tuple[int, torch.dtype]]:
+    """(positions of the input map, output dtype) of every convolution in the next forward."""
+    seen: list[tuple[int, torch.dtype]] = []
     for m in net.modules():
         if isinstance(m, torch.nn.Conv2d):
-            m.register_forward_hook(lambda mod, args, out: seen.append(out.dtype))
+            m.register_forward_hook(lambda mod, args, out: seen.append((args[0][0, 0].numel(), out.dtype)))
     return seen
 
 
@@ -77,7 +77,9 @@ def test_network_runs_in_bf16_and_returns_float32() -> None:
     seen = conv_dtypes(net)
     assert P.set_compute_dtype(net, torch.bfloat16) == 1
     out = net(x, return_features=True)
-    assert seen and set(seen) == {torch.bfloat16}  # the convolutions ran in bf16
+    # The convolutions ran in bf16, but for those on maps of fewer than SMALL_NORM positions (fp32).
+    assert {dtype for n, dtype in seen if n >= P.SMALL_NORM} == {torch.bfloat16}
+    assert {dtype for n, dtype in seen if n < P.SMALL_NORM} == {torch.float32}
     assert isinstance(out, NetOutput)
     assert out.logits.dtype == torch.float32 and out.embedding.dtype == torch.float32
     assert all(f.dtype == torch.float32 for f in out.features.values())
@@ -92,7 +94,7 @@ def test_fp32_leaves_the_network_alone() -> None:
     seen = conv_dtypes(net)
     P.set_compute_dtype(net, None)
     assert net(torch.randn(1, 1, 32, 32)).dtype == torch.float32
-    assert set(seen) == {torch.float32}
+    assert {dtype for _, dtype in seen} == {torch.float32}
 
 
 def test_ema_copies_keep_the_compute_dtype() -> None:
@@ -151,3 +153,41 @@ def test_config_precision_and_the_old_amp_key() -> None:
     assert cfg.train.precision == "bf16"
     with pytest.raises(ConfigError, match="train.precision"):
         build_config({"method": {"name": "supervised"}}, ["train.precision=half"])
+
+
+class _TwoConvs(torch.nn.Module):
+    """A big map and a 2x2x2 one through convolutions and instance norms, under @mixed_precision."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.big, self.small = torch.nn.Conv3d(2, 2, 3, padding=1), torch.nn.Conv3d(2, 2, 3, padding=1)
+        self.norm_big, self.norm_small = torch.nn.InstanceNorm3d(2), torch.nn.InstanceNorm3d(2)
+        self.seen: list[tuple[str, torch.dtype, bool]] = []
+
+    @P.mixed_precision
+    def forward(self, x):
+        a = self.norm_big(self.big(x))
+        self.seen.append(("after small", torch.is_autocast_enabled("cpu"), None))
+        b = self.norm_small(self.small(x[..., :2, :2, :2]))
+        self.seen.append(("after small", torch.is_autocast_enabled("cpu"), None))
+        return a.mean() + b.mean()
+
+
+def test_small_maps_leave_bf16_and_autocast_comes_back() -> None:
+    """oneDNN's bf16 weight gradient of a conv on a 2x2x2 map came out as 1e33/NaN: small maps run in fp32."""
+    m = _TwoConvs()
+    dtypes = {}
+    for name in ("big", "small", "norm_big", "norm_small"):
+        getattr(m, name).register_forward_hook(
+            lambda mod, a, o, name=name: dtypes.__setitem__(name, (a[0].dtype, o.dtype))
+        )
+    P.set_compute_dtype(m, torch.bfloat16)
+    P.set_compute_dtype(m, torch.bfloat16)  # hooks are added once
+    assert len(m.small._forward_pre_hooks) == 1 and len(m.norm_small._forward_pre_hooks) == 1
+    out = m(torch.randn(1, 2, 16, 16, 16))
+    assert dtypes["big"][1] == torch.bfloat16 and dtypes["norm_big"][0] == torch.bfloat16
+    assert dtypes["small"] == (torch.float32, torch.float32) and dtypes["norm_small"][0] == torch.float32
+    assert [s[1] for s in m.seen] == [True, True]  # autocast is back on after the small conv
+    out.backward()
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters())
+    assert not torch.is_autocast_enabled("cpu")
