@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 
@@ -48,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("alembic", "mlflow", "urllib3", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+    if getattr(args, "no_progress", False):  # MLflow's own artifact download/upload bars too
+        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     try:
         return int(args.func(args) or 0)
     except MedclError as exc:

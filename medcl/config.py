@@ -12,6 +12,7 @@ The ``method`` section is owned by the method: ``method.name`` picks a class fro
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +20,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medcl.errors import ConfigError
+
+#: Rule for names that become folder names (workflow, stage and run names): a letter, then letters, digits,
+#: '_' or '-'. No '/', '..' or absolute path gets through, so the folder stays where medcl puts it.
+NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]*$"
 
 
 class Section(BaseModel):
@@ -195,6 +200,17 @@ class TrackingConfig(Section):
     enabled: bool = Field(True, description="false: no MLflow run (run folder and checkpoints only).")
     log_model: bool = Field(True, description="Log the best model as an MLflow model at the end.")
     system_metrics: bool = Field(False, description="Log CPU/GPU/memory usage every 10 s (system/*).")
+
+    @field_validator("run_name")
+    @classmethod
+    def _run_name_is_a_folder_name(cls, value: str | None) -> str | None:
+        # The run folder is <output>/runs/<run_name>: '../x' or '/x' would put it outside --output.
+        if value is not None and re.fullmatch(NAME_PATTERN, value) is None:
+            raise ValueError(
+                "must start with a letter and hold only letters, digits, '_' and '-'; it names the run folder "
+                "<output>/runs/<run_name>"
+            )
+        return value
 
 
 class Config(Section):

@@ -57,6 +57,33 @@ def test_bad_keys_fail_with_the_key_name(overrides: list[str], expected: str) ->
     assert "x.yaml" in str(err.value)
 
 
+@pytest.mark.parametrize("name", ["../../x", "/tmp/x", "a/b", "..", "", "-x", "run.1", "x y"])
+def test_run_name_cannot_leave_the_output_folder(name: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        build_config({}, [f"tracking.run_name={name!r}"], source="x.yaml")
+    assert "config key 'tracking.run_name': must start with a letter" in str(err.value)
+    assert f"(got {name!r})" in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["golden", "golden-2_b", "A1", "1abc", "a.b", "../x", "/x"])
+def test_run_names_follow_the_workflow_name_rule(name: str) -> None:
+    from pydantic import ValidationError
+
+    from medcl.workflows.spec import Workflow
+
+    workflow_ok = True
+    try:
+        Workflow.model_validate({"name": name, "stages": []})  # other keys may fail: only 'name' counts
+    except ValidationError as err:
+        workflow_ok = all(e["loc"] != ("name",) for e in err.errors())
+    try:
+        run_ok = build_config({}, [f"tracking.run_name={name}"]).tracking.run_name == name
+    except ConfigError:
+        run_ok = False
+    valid = name in ("golden", "golden-2_b", "A1")
+    assert (run_ok, workflow_ok) == (valid, valid)
+
+
 def test_bad_override_syntax_and_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_override("optim.lr")

@@ -133,10 +133,13 @@ def run_check(args: argparse.Namespace) -> int:
     Raises:
         MedclError: The dataset cannot be loaded or the JSON report cannot be written.
     """
-    from medcl.data.dataset import load_dataset
+    from medcl.data.dataset import load_dataset, refuse_writing_inside
     from medcl.data.validate import check_dataset, format_report, write_report_json
 
-    info = load_dataset(args.dir, unlabeled_dir=args.unlabeled_dir)
+    # Files that cannot be opened (a symbolic link loop) are reported in the table, not as one error.
+    info = load_dataset(args.dir, unlabeled_dir=args.unlabeled_dir, keep_unreadable=True)
+    if args.json:
+        refuse_writing_inside(info.root, args.json, "--json")
     workers = getattr(args, "workers", 1)
     reports = check_dataset(info, progress=not args.no_progress, workers=workers)
     print(format_report(reports, info))
@@ -160,16 +163,12 @@ def run_split(args: argparse.Namespace) -> int:
         MedclError: The dataset cannot be loaded, the amounts do not fit, or the output path is inside the
             dataset folder or exists without ``--force``.
     """
-    from medcl.data.dataset import load_dataset
+    from medcl.data.dataset import load_dataset, refuse_writing_inside
     from medcl.data.splits import SUBSETS, make_splits
 
     info = load_dataset(args.dir, unlabeled_dir=args.unlabeled_dir)
     output = Path(args.output).expanduser().resolve()
-    if output.is_relative_to(info.root):
-        raise DataError(
-            f"Writing {output} would write into the dataset folder {info.root}; datasets are kept read-only, "
-            "choose an -o path outside it."
-        )
+    refuse_writing_inside(info.root, output, "-o")
     if output.is_dir():
         raise DataError(f"Output {output} is a folder; give a file name such as {output / 'splits.json'}.")
     if output.exists() and not args.force:

@@ -140,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_folders(args: argparse.Namespace) -> int:
+    from medcl.data.dataset import dataset_roots_of, refuse_writing_inside
     from medcl.evaluation.summary import check_output, evaluate_folders, infer_labels, load_labels
 
     _require(args, ("pred", "gt"), "folder mode")
@@ -151,6 +152,9 @@ def _run_folders(args: argparse.Namespace) -> int:
             f"{', '.join(given)} belong to --model mode; folder mode takes --pred, --gt, --labels."
         )
     if args.summary:
+        # The ground truth is read-only: its folder, and the dataset it belongs to.
+        for read_only in {Path(args.gt)} | dataset_roots_of([Path(args.gt) / "any"]):
+            refuse_writing_inside(read_only, args.summary, "-o")
         check_output(args.summary, overwrite=args.overwrite)
     labels = load_labels(args.labels) if args.labels else infer_labels(args.gt)
     summary = evaluate_folders(
@@ -166,7 +170,7 @@ def _run_folders(args: argparse.Namespace) -> int:
 
 
 def _run_model(args: argparse.Namespace) -> int:
-    from medcl.data.dataset import load_dataset
+    from medcl.data.dataset import load_dataset, refuse_writing_inside
     from medcl.data.splits import Splits
     from medcl.evaluation.summary import check_output, evaluate_predictor
 
@@ -178,7 +182,9 @@ def _run_model(args: argparse.Namespace) -> int:
     if not ids:
         raise DataError(f"Splits file {splits.path} has no {args.subset!r} cases; choose the other --subset.")
     output = Path(args.output).expanduser()
+    refuse_writing_inside(info.root, output, "--output")
     if args.summary:
+        refuse_writing_inside(info.root, args.summary, "-o")
         summary_path = Path(args.summary)
     else:
         stamp = time.strftime("%Y%m%d-%H%M%S")

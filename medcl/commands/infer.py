@@ -81,9 +81,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from medcl.data.dataset import dataset_roots_of, refuse_writing_inside
     from medcl.inference.predictor import Predictor, write_labels
 
     out_dir = Path(args.output).expanduser().resolve()
+    cases = collect_inputs(args.input)  # bad input lists fail before the model loads
+    for dataset in dataset_roots_of([p for c in cases for p in c.paths]):
+        refuse_writing_inside(dataset, out_dir, "--output")
     predictor = Predictor.load(
         args.model,
         device=args.device,
@@ -93,7 +97,6 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.batch_size:
         predictor.sw_batch_size = args.batch_size
-    cases = collect_inputs(args.input)
     input_dirs = {p.resolve().parent for c in cases for p in c.paths}
     if out_dir in input_dirs and not args.allow_input_folder:
         raise MedclError(

@@ -36,6 +36,7 @@ are taken as plain case ids, so an MSD dataset with ids like ``case_0001`` is no
 from __future__ import annotations
 
 import difflib
+import errno
 import json
 import os
 import re
@@ -139,6 +140,39 @@ class DatasetInfo:
         )
 
 
+def refuse_writing_inside(dataset: str | Path, target: str | Path, what: str) -> None:
+    """Datasets are read-only: fail when ``target`` lies inside the folder ``dataset`` (or is it).
+
+    Both paths are resolved first, so symbolic links and ``..`` cannot sneak a write into the dataset.
+
+    Args:
+        dataset: A dataset folder a command reads.
+        target: A file or folder the command is about to write.
+        what: How the command names the target (e.g. ``"--output"``), for the message.
+
+    Raises:
+        DataError: ``target`` is inside ``dataset``.
+    """
+    root = Path(dataset).expanduser().resolve()
+    out = Path(target).expanduser().resolve()
+    if out.is_relative_to(root):
+        raise DataError(
+            f"{what} {out} is inside the dataset folder {root}; datasets are kept read-only: choose a path "
+            "outside it"
+        )
+
+
+def dataset_roots_of(paths: list[Path]) -> set[Path]:
+    """The dataset folders (ancestors holding a ``dataset.json``) that image files belong to."""
+    roots = set()
+    for path in paths:
+        for parent in Path(path).expanduser().resolve().parents:
+            if (parent / "dataset.json").is_file():
+                roots.add(parent)
+                break
+    return roots
+
+
 def case_id_from_path(path: str | Path, *, strip_channel: bool = True) -> str:
     """Case id of an image or label file: its name without extension and nnU-Net channel suffix.
 
@@ -167,19 +201,25 @@ def case_id_from_path(path: str | Path, *, strip_channel: bool = True) -> str:
     return stem
 
 
-def load_dataset(root: str | Path, unlabeled_dir: str | Path | None = None) -> DatasetInfo:
+def load_dataset(
+    root: str | Path, unlabeled_dir: str | Path | None = None, *, keep_unreadable: bool = False
+) -> DatasetInfo:
     """Read ``dataset.json`` and pair image and label files, without opening any image.
 
     Args:
         root: The dataset folder (MSD or nnU-Net v2 layout, see the module docstring).
         unlabeled_dir: An extra folder of unlabeled images, absolute or relative to ``root``.
+        keep_unreadable: Keep image and label files that cannot be opened (a symbolic link loop such as
+            ``a.nii.gz -> b.nii.gz -> a.nii.gz``, a link target without read permission) in their cases
+            instead of raising, so that ``medcl data check`` reports each one as an error of its case.
 
     Returns:
         The dataset: label map, channel names, labeled and unlabeled cases.
 
     Raises:
         DataError: The folder, ``dataset.json`` or a file it names is missing or malformed, ``imagesTr`` holds
-            no images, a case's channel files have a gap, or two files claim the same case id.
+            no images, a case's channel files have a gap, two files claim the same case id, or (unless
+            ``keep_unreadable``) a file of a case cannot be opened.
     """
     root = Path(root).expanduser()
     if not root.exists():
@@ -207,6 +247,8 @@ def load_dataset(root: str | Path, unlabeled_dir: str | Path | None = None) -> D
         num = len((labeled + unlabeled)[0].images)
         channel_names = {0: "image"} if num == 1 else {i: f"channel_{i}" for i in range(num)}
     _check_channel_counts(labeled + unlabeled, channel_names, json_path)
+    if not keep_unreadable:
+        _check_openable(labeled + unlabeled)
 
     name = data.get("name")
     return DatasetInfo(
@@ -334,7 +376,15 @@ def _image_files(folder: Path, extensions: tuple[str, ...]) -> list[tuple[Path, 
     found = []
     with os.scandir(folder) as entries:
         for entry in entries:
-            if entry.name.startswith(".") or not entry.is_file():
+            if entry.name.startswith("."):
+                continue
+            try:
+                is_file = entry.is_file()
+            except OSError:
+                # A link that cannot be followed (a loop, no permission) stays a file of its case:
+                # load_dataset names it in an error, `medcl data check` reports it in that case's row.
+                is_file = entry.is_symlink()
+            if not is_file:
                 continue
             ext = _image_extension(entry.name, extensions)
             if ext is not None:
@@ -402,7 +452,7 @@ def _resolve_listed_image(root: Path, entry: str, where: str) -> Case:
             channels.append(candidate)
         if channels:
             return Case(id=stem, images=tuple(channels), label=None)
-    raise DataError(f"{where} names the image {path}, which does not exist.")
+    raise DataError(f"{where} names the image {path}, which {_missing_reason(path)}.")
 
 
 def _cases_from_training_list(
@@ -423,7 +473,7 @@ def _cases_from_training_list(
         case = _resolve_listed_image(root, entry["image"], where)
         label = root / entry["label"]
         if not label.is_file():
-            raise DataError(f"{where} names the label {label}, which does not exist.")
+            raise DataError(f"{where} names the label {label}, which {_missing_reason(label)}.")
         cases.append(Case(id=case.id, images=case.images, label=label))
     if not cases:
         raise DataError(f"'training' in {json_path} is empty; list at least one labeled case.")
@@ -513,6 +563,65 @@ def _check_unique_ids(cases: list[Case]) -> None:
                 "case ids must be unique across labeled and unlabeled images."
             )
         seen[case.id] = case
+
+
+def unreadable_reason(path: Path) -> str | None:
+    """Why a file cannot be opened, or ``None`` when it can (only its metadata is read, not its content).
+
+    Args:
+        path: An image or label file.
+
+    Returns:
+        ``"symbolic link loop (a.nii.gz -> b.nii.gz -> a.nii.gz)"``, ``"file does not exist"``, the system's
+        reason (``"Permission denied"``), or ``None``.
+    """
+    try:
+        os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            chain = _link_chain(Path(path))
+            return f"symbolic link loop ({chain})" if chain else "symbolic link loop"
+        if isinstance(err, FileNotFoundError):
+            return "file does not exist"
+        return err.strerror or str(err)
+    return None
+
+
+def _link_chain(path: Path, limit: int = 8) -> str:
+    """The links followed from ``path`` until one repeats (``a.nii.gz -> b.nii.gz -> a.nii.gz``); empty if
+    ``path`` itself is no link (the loop is in one of its folders)."""
+    chain = [path]
+    while len(chain) <= limit:
+        try:
+            target = Path(os.readlink(chain[-1]))
+        except OSError:
+            break
+        chain.append(Path(os.path.normpath(chain[-1].parent / target)))
+        if chain[-1] in chain[:-1]:
+            break
+    if len(chain) == 1:
+        return ""
+    return " -> ".join(p.name if p.parent == path.parent else str(p) for p in chain)
+
+
+def _missing_reason(path: Path) -> str:
+    """``"does not exist"`` or, for a path that exists but cannot be followed, why (a symbolic link loop)."""
+    reason = unreadable_reason(path)
+    if reason is None or reason == "file does not exist":
+        return "does not exist"
+    return f"cannot be opened: {reason}"
+
+
+def _check_openable(cases: list[Case]) -> None:
+    """Raise for the first image or label file that cannot be opened (one ``stat`` per file, no read)."""
+    for case in cases:
+        for path in (*case.images, *([case.label] if case.label is not None else [])):
+            reason = unreadable_reason(path)
+            if reason is not None:
+                raise DataError(
+                    f"File {path} of case {case.id!r} cannot be opened: {reason}; fix or remove it "
+                    "(`medcl data check` lists every such file)."
+                )
 
 
 def _check_channel_counts(cases: list[Case], channel_names: dict[int, str], json_path: Path) -> None:

@@ -25,7 +25,7 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
-from medcl.data.dataset import Case, DatasetInfo
+from medcl.data.dataset import Case, DatasetInfo, unreadable_reason
 from medcl.data.io import read_sitk, sitk_affine, sitk_to_array
 from medcl.errors import DataError
 
@@ -90,6 +90,9 @@ def read_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
             underlying reason.
     """
     path = Path(path)
+    reason = unreadable_reason(path)
+    if reason is not None and reason != "file does not exist":  # a symbolic link loop, no permission
+        raise DataError(f"Cannot read {path}: {reason}.")
     if not path.is_file():
         raise DataError(f"Image file {path} does not exist.")
     name = path.name.lower()
@@ -180,6 +183,37 @@ def check_dataset(info: DatasetInfo, *, progress: bool = True, workers: int = 1)
                     bar.update()
     _check_orientations(reports, cases)
     return reports
+
+
+def require_clean(
+    info: DatasetInfo, cases: Sequence[Case], *, progress: bool = False, workers: int = 2, limit: int = 20
+) -> None:
+    """Run :func:`check_case` (what ``medcl data check`` runs) on ``cases``; raise on any error.
+
+    Training calls this before it preprocesses anything or creates a run folder, so a label that does not
+    match its image, a 4D image, an unexpected or fractional label value, or NaN intensities stop the run at
+    once with every bad case named, instead of training on them (or failing deep inside a loss).
+
+    Raises:
+        DataError: One line per problem (the first ``limit``), each naming the case, file and problem.
+    """
+    bar = tqdm(total=len(cases), desc="checking cases", unit="case", disable=not progress)
+    with bar, ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        reports = []
+        for report in pool.map(lambda case: check_case(case, info), cases):
+            reports.append(report)
+            bar.update()
+    errors = [p for r in reports for p in r.errors]
+    if not errors:
+        return
+    bad = len({p.case for p in errors})
+    lines = [f"  {p.case}: {_display_path(p.file, info.root)}: {p.message}" for p in errors[:limit]]
+    if len(errors) > limit:
+        lines.append(f"  ... and {len(errors) - limit} more")
+    raise DataError(
+        f"{bad} case(s) of {info.root} cannot be used for training (the checks of `medcl data check`):\n"
+        + "\n".join(lines)
+    )
 
 
 def format_report(reports: Sequence[CaseReport], info: DatasetInfo) -> str:
@@ -311,7 +345,8 @@ def _read_3d(path: Path, kind: str, add: Any) -> tuple[np.ndarray, np.ndarray] |
         array, affine = read_volume(path)
     except DataError as err:
         # The table already shows the file, so the message gives only the reason.
-        reason = _reason(err.__cause__) if err.__cause__ is not None else "file does not exist"
+        cause = err.__cause__
+        reason = _reason(cause) if cause is not None else unreadable_reason(path) or "file does not exist"
         add(path, "error", f"cannot read {kind} file: {reason}.")
         return None
     shape = array.shape

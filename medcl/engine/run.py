@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,11 @@ import torch
 from monai.utils import set_determinism
 
 from medcl.config import Config, build_config, flatten
-from medcl.data.dataset import DatasetInfo, load_dataset
+from medcl.data.dataset import DatasetInfo, load_dataset, refuse_writing_inside
 from medcl.data.sampling import TrainBatches, preprocess_volumes
 from medcl.data.splits import Splits, make_splits
 from medcl.data.transforms import resolve_modality, volume_transforms
+from medcl.data.validate import require_clean
 from medcl.engine import distributed as dist
 from medcl.engine.checkpoint import load_checkpoint, save_checkpoint
 from medcl.engine.trainer import Trainer, TrainResult, resolve_device
@@ -100,10 +102,36 @@ def stream_case_ids(stream: str, splits: Splits) -> list[str]:
     raise ValueError(f"unknown data stream {stream!r}; known: labeled, unlabeled, images")
 
 
+def claim_run_dir(runs: Path, name: str, *, explicit: bool) -> Path:
+    """Create ``<runs>/<name>/checkpoints`` atomically and return the run folder: one folder, one run.
+
+    The ``checkpoints`` folder is made with an exclusive ``mkdir``, so of two runs started at once with the
+    same name exactly one gets it. An explicit ``tracking.run_name`` that is taken is an error; a default
+    (timestamped) name that collides gets a ``-2``, ``-3``, ... suffix.
+
+    Raises:
+        MedclError: ``explicit`` and the folder already belongs to a run.
+    """
+    for attempt in range(1, 1000):
+        run_dir = runs / (name if attempt == 1 else f"{name}-{attempt}")
+        try:
+            (run_dir / "checkpoints").mkdir(parents=True)
+            return run_dir
+        except FileExistsError:
+            if explicit:
+                raise MedclError(
+                    f"run folder {run_dir} already has checkpoints (another run uses it); continue it with "
+                    f"--resume {run_dir} or choose another tracking.run_name"
+                ) from None
+    raise MedclError(f"no free run folder name under {runs} for {name}")
+
+
 def _new_run_name(cfg: Config, info: DatasetInfo) -> str:
-    return cfg.tracking.run_name or f"{cfg.method_name}-{info.name}-{time.strftime('%Y%m%d-%H%M%S')}".replace(
-        " ", "_"
-    )
+    if cfg.tracking.run_name:
+        return cfg.tracking.run_name
+    # The dataset's own name may hold anything ('/', '..'): only letters, digits, '_' and '-' reach the path.
+    dataset = re.sub(r"[^A-Za-z0-9_-]+", "_", info.name).strip("_") or "data"
+    return f"{cfg.method_name}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def train(
@@ -127,6 +155,13 @@ def train(
         resume_path = find_resume_checkpoint(resume, cfg.output)
         resume_state = load_checkpoint(resume_path)
         cfg = build_config(resume_state["config"], source=f"config stored in {resume_path}")
+        if int(resume_state["step"]) >= cfg.train.steps:
+            run_dir = resume_path.parent.parent
+            raise MedclError(
+                f"run {run_dir} is finished ({resume_state['step']} of {cfg.train.steps} steps): --resume only "
+                f"continues a stopped run, and nothing was changed; to train further, start a new run with "
+                f"--init {run_dir}"
+            )
         print(f"resuming {resume_path} at step {resume_state['step']} of {cfg.train.steps}")
     if not cfg.data.path:
         raise ConfigError("no dataset given: pass --data DIR (or set data.path in the config)")
@@ -140,6 +175,8 @@ def train(
         torch.backends.cudnn.benchmark = True  # fixed patch sizes: the autotuned kernels are reused
 
     info = load_dataset(cfg.data.path, unlabeled_dir=cfg.data.unlabeled_dir)
+    for read_only in [info.root, *([cfg.data.unlabeled_dir] if cfg.data.unlabeled_dir else [])]:
+        refuse_writing_inside(read_only, cfg.output, "output")  # runs, store and cache go under output
     spec = data_spec(cfg, info)
     method = build_method(cfg, spec)
     method.inference_network().check_spatial_shape(cfg.data.patch_size)  # e.g. SwinUNETR: multiples of 32
@@ -155,6 +192,15 @@ def train(
         splits = default_splits(info, cfg.train.seed)
     if cfg.data.labeled is not None:
         splits = splits.with_labeled(cfg.data.labeled, group_by=cfg.data.group_by)
+
+    # Every case this run reads passes the checks of `medcl data check` first (on every rank, so all stop).
+    used = dict.fromkeys(
+        [
+            *(i for s in method.streams for i in stream_case_ids(s, splits)),
+            *(splits.val if method.validates else []),
+        ]
+    )
+    require_clean(info, [info.case(i) for i in used], progress=progress and dist.is_main())
 
     # Data: preprocess once, then sample slices/patches per step.
     modality = resolve_modality(cfg.data, info.modality)
@@ -181,18 +227,15 @@ def train(
         )
 
     # Run folder and tracking (rank 0 only); the run name is broadcast so all ranks agree.
+    runs = Path(cfg.output).resolve() / "runs"
     if resume_path is not None:
         run_dir = resume_path.parent.parent
     else:
-        run_dir = Path(cfg.output).resolve() / "runs" / dist.broadcast_object(_new_run_name(cfg, info))
-        if dist.is_main() and (run_dir / "checkpoints").exists():
-            raise MedclError(
-                f"run folder {run_dir} already has checkpoints; continue it with --resume {run_dir} "
-                "or choose another tracking.run_name"
-            )
+        claimed = None
+        if dist.is_main():
+            claimed = claim_run_dir(runs, _new_run_name(cfg, info), explicit=bool(cfg.tracking.run_name)).name
+        run_dir = runs / dist.broadcast_object(claimed)  # every rank uses the folder rank 0 claimed
     tracker: Any = NullTracker()
-    if dist.is_main():
-        run_dir.mkdir(parents=True, exist_ok=True)
     if dist.is_main() and cfg.tracking.enabled:
         uri, artifact_root = resolve_store(cfg.tracking.uri, cfg.output)
         print(f"MLflow tracking store: {uri}")

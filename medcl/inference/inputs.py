@@ -35,17 +35,52 @@ def _is_dicom_dir(path: Path) -> bool:
     )
 
 
+def _read_list(path: Path) -> list[str]:
+    """Non-empty, non-comment lines of a ``.txt`` input list (UTF-8, with or without a byte-order mark)."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise MedclError(
+            f"input list {path} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset "
+            f"{err.start}); save it as UTF-8, one image path per line"
+        ) from None
+    except OSError as err:
+        raise MedclError(f"cannot read input list {path}: {err.strerror or err}") from None
+    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+
+
+def _check_given_once(files: list[Path]) -> None:
+    """Raise if one file (or DICOM folder) is given twice, directly, through a folder or in a list."""
+    seen: dict[Path, Path] = {}
+    for f in files:
+        key = f.resolve()
+        if key in seen:
+            spellings = "" if seen[key] == f else f" (as {seen[key]} and as {f})"
+            raise MedclError(f"input {f} is given twice{spellings}; give each image once")
+        seen[key] = f
+
+
 def collect_inputs(items: list[str]) -> list[InputCase]:
-    """Expand files, folders and .txt lists into cases; nnU-Net ``_0000`` channel files are grouped."""
+    """Expand files, folders and .txt lists into cases; nnU-Net ``_0000`` channel files are grouped.
+
+    Args:
+        items: Image files, folders of images, DICOM series folders and ``.txt`` lists of image paths (UTF-8,
+            one path per line, relative to the list's folder; ``#`` starts a comment line).
+
+    Returns:
+        The cases, sorted by name.
+
+    Raises:
+        MedclError: An input is missing, a folder holds no image, a list is unreadable or not UTF-8, the same
+            file is given twice, or no image is found at all.
+    """
     files: list[Path] = []
     for item in items:
         path = Path(item).expanduser()
         if not path.exists():
             raise MedclError(f"input not found: {path}")
         if path.suffix == ".txt":
-            lines = [
-                ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")
-            ]
+            lines = _read_list(path)
             files += [(path.parent / ln) if not Path(ln).is_absolute() else Path(ln) for ln in lines]
         elif path.is_dir() and not any(p.name.lower().endswith(IMAGE_EXTENSIONS) for p in path.iterdir()):
             if not _is_dicom_dir(path):
@@ -59,6 +94,7 @@ def collect_inputs(items: list[str]) -> list[InputCase]:
             )
         else:
             files.append(path)
+    _check_given_once(files)
     cases: dict[str, list[Path]] = {}
     for f in files:
         name = f.name if f.is_dir() else _strip(f.name)

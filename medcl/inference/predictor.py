@@ -13,7 +13,6 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from monai.transforms import Invertd, KeepLargestConnectedComponent
 from medcl.config import build_config
 from medcl.data.io import read_sitk
 from medcl.data.transforms import volume_transforms
-from medcl.engine.checkpoint import load_checkpoint
+from medcl.engine.checkpoint import atomic_tempfile, load_checkpoint
 from medcl.engine.trainer import resolve_device
 from medcl.errors import DataError
 from medcl.inference.window import make_inferer
@@ -205,7 +204,7 @@ class Predictor:
 def _atomic_target(out_path: Path) -> Path:
     """A temporary path beside ``out_path`` with the same (double) suffix, for write-then-rename."""
     suffix = image_suffix(out_path) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=suffix, dir=out_path.parent)
+    fd, tmp = atomic_tempfile(out_path, suffix)
     os.close(fd)
     return Path(tmp)
 

@@ -9,31 +9,96 @@ anywhere else. Only rank 0 of a distributed run tracks (SQLite has one writer); 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from medcl.errors import MedclError
+
 log = logging.getLogger(__name__)
 
 
-def resolve_store(tracking_uri: str | None, output: str | Path) -> tuple[str, str | None]:
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM back during the block (main thread only), then raise KeyboardInterrupt.
+
+    The Python-level handlers are swapped for one that only remembers the signal (a thread signal mask would
+    not do: CPython runs handlers in the main thread whichever thread the kernel delivers the signal to).
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda signum, frame: received.append(signum)) for s in held}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if received:
+        raise KeyboardInterrupt
+
+
+def resolve_store(
+    tracking_uri: str | None, output: str | Path, *, create: bool = True
+) -> tuple[str, str | None]:
     """The tracking URI to use and, for the embedded store, the absolute artifact root.
 
     Precedence: explicit ``tracking_uri`` > ``MLFLOW_TRACKING_URI`` > ``sqlite:///<output>/mlflow.db``.
+
+    Args:
+        tracking_uri: ``--tracking-uri``, or None.
+        output: the ``--output`` folder of the runs.
+        create: writers (training, evaluation runs) create the folder of a SQLite store; readers (model
+            lookups, ``medcl ui``) pass False so that a mistyped folder is reported instead of becoming an
+            empty store.
+
+    Raises:
+        MedclError: ``create`` is False and the SQLite database file does not exist.
     """
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        if uri.startswith("sqlite:///"):
-            db = Path(uri.removeprefix("sqlite:///")).expanduser().resolve()
-            db.parent.mkdir(parents=True, exist_ok=True)
-            return f"sqlite:///{db}", str(db.parent / "mlartifacts")
+    if uri and not uri.startswith("sqlite:///"):
         return uri, None
-    out = Path(output).expanduser().resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{out / 'mlflow.db'}", str(out / "mlartifacts")
+    if uri:
+        db = Path(uri.removeprefix("sqlite:///")).expanduser().resolve()
+    else:
+        db = Path(output).expanduser().resolve() / "mlflow.db"
+    if create:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    elif not db.is_file():
+        raise MedclError(f"no MLflow store at {db}")
+    return f"sqlite:///{db}", str(db.parent / "mlartifacts")
+
+
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``<db>.lock`` beside a SQLite store (no-op for other stores).
+
+    MLflow creates and migrates a new SQLite schema on the first call; two processes doing that at once (two
+    trainings started together on a fresh ``--output``) fail with "table experiments already exists" or
+    "duplicate column name". The lock makes the first caller build the schema and the others find it done.
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    lock = Path(uri.removeprefix("sqlite:///") + ".lock")
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file is closed, also if the process dies
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def get_or_create_experiment(name: str, artifact_root: str | None) -> str:
@@ -41,14 +106,18 @@ def get_or_create_experiment(name: str, artifact_root: str | None) -> str:
 
     Without an explicit location MLflow would put a SQLite-store experiment's artifacts in ``./mlruns``
     relative to the current directory, i.e. somewhere different for every working directory.
+
+    The lookup runs under :func:`store_lock`, since it is the first call that opens (and on a fresh store
+    creates) the schema.
     """
     import mlflow
 
-    exp = mlflow.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    location = Path(artifact_root, name).as_uri() if artifact_root else None
-    return mlflow.create_experiment(name, artifact_location=location)
+    with store_lock(mlflow.get_tracking_uri()):
+        exp = mlflow.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        location = Path(artifact_root, name).as_uri() if artifact_root else None
+        return mlflow.create_experiment(name, artifact_location=location)
 
 
 def resolve_checkpoint(source: str, tracking_uri: str | None, output: str | Path) -> Path:
@@ -57,9 +126,12 @@ def resolve_checkpoint(source: str, tracking_uri: str | None, output: str | Path
     ``source`` may be a checkpoint file, a run folder (``checkpoints/best.pt``), an MLflow run id
     (its ``checkpoints/best.pt`` artifact), a ``runs:/<id>/<path>`` URI, or ``models:/<name>@<alias>`` /
     ``models:/<name>/<version>`` (the inference checkpoint logged inside the model).
-    """
-    from medcl.errors import MedclError
 
+    A lookup only reads: a missing SQLite store is an error, it is never created.
+
+    Raises:
+        MedclError: ``source`` is none of these, or names a run or model that the store does not hold.
+    """
     path = Path(source).expanduser()
     if path.is_file():
         return path
@@ -68,9 +140,15 @@ def resolve_checkpoint(source: str, tracking_uri: str | None, output: str | Path
             if (path / candidate).is_file():
                 return path / candidate
         raise MedclError(f"{path} is a folder without checkpoints/best.pt or last.pt")
+    try:
+        uri, _ = resolve_store(tracking_uri, output, create=False)
+    except MedclError as exc:
+        raise MedclError(
+            f"cannot find model {source!r}: it is not a file or run folder, and there is {exc} to look it up "
+            "as a run id or MLflow URI (give the folder training used as --output, or --tracking-uri)"
+        ) from None
     import mlflow
 
-    uri, _ = resolve_store(tracking_uri, output)
     try:
         if source.startswith("models:/"):
             local = Path(
@@ -87,6 +165,12 @@ def resolve_checkpoint(source: str, tracking_uri: str | None, output: str | Path
     except Exception as exc:
         hint = "" if len(source) == 32 or "/" in source else " (not a file, folder, run id or MLflow URI)"
         raise MedclError(f"cannot find model {source!r} in MLflow store {uri}{hint}: {exc}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` of an exception, for one-line reports."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 class NullTracker:
@@ -114,7 +198,10 @@ class MlflowTracker:
         self._env_uri = os.environ.get("MLFLOW_TRACKING_URI")
         self.artifact_root = artifact_root
         mlflow.set_tracking_uri(tracking_uri)
-        self.experiment_id = get_or_create_experiment(experiment, artifact_root)
+        try:
+            self.experiment_id = get_or_create_experiment(experiment, artifact_root)
+        except Exception as exc:  # SQLAlchemy/MLflow errors come with pages of SQL; one line is enough
+            raise MedclError(f"cannot open the MLflow store {tracking_uri}: {_first_line(exc)}") from exc
         self.run_id: str | None = None
 
     def start(
@@ -183,7 +270,13 @@ class MlflowTracker:
             return None
 
     def end(self, status: str = "FINISHED") -> None:
-        self.mlflow.end_run(status=status)
+        """End the run with ``status``; a Ctrl-C or SIGTERM arriving meanwhile waits until the run is ended.
+
+        Without that, a second Ctrl-C during the first one's clean-up interrupted ``end_run`` and left the run
+        RUNNING in the store. Calling ``end`` again is harmless (no active run: nothing to do).
+        """
+        with _signals_deferred():
+            self.mlflow.end_run(status=status)
         if self._env_uri is None:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:

@@ -46,7 +46,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from medcl.config import parse_override
+from medcl.config import NAME_PATTERN, parse_override
 from medcl.errors import ConfigError
 
 StageKind = Literal["split", "pretrain", "train", "finetune", "evaluate", "infer"]
@@ -64,7 +64,6 @@ OUTPUTS: dict[str, tuple[str, ...]] = {
 
 _REF = re.compile(r"\$\{([^}]*)\}")
 _ESCAPED = "$${"
-_NAME = r"^[A-Za-z][A-Za-z0-9_-]*$"
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -77,7 +76,9 @@ class _Strict(BaseModel):
 class _Stage(_Strict):
     """Fields shared by every stage."""
 
-    name: str = Field(pattern=_NAME, description="Unique stage name, used in references and run names.")
+    name: str = Field(
+        pattern=NAME_PATTERN, description="Unique stage name, used in references and run names."
+    )
     device: Literal["auto", "cpu", "cuda"] | None = Field(
         None, description="Where the stage runs; default: the workflow's device."
     )
@@ -148,7 +149,7 @@ class Register(_Strict):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     name: str = Field(min_length=1, description="Registered model name.")
-    alias: str = Field("champion", pattern=_NAME, description="Alias set on the new version.")
+    alias: str = Field("champion", pattern=NAME_PATTERN, description="Alias set on the new version.")
     from_: str | list[str] = Field(
         alias="from",
         description="Training stage whose model is registered; with a list, the one with the best val Dice.",
@@ -164,7 +165,9 @@ class Workflow(_Strict):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    name: str = Field(pattern=_NAME, description="Workflow name; default: the file name without .yaml.")
+    name: str = Field(
+        pattern=NAME_PATTERN, description="Workflow name; default: the file name without .yaml."
+    )
     description: str = ""
     data: str | None = Field(None, description="Default dataset folder of the stages; ${data}.")
     output: str = Field("medcl_runs", description="Runs, MLflow store and workflow state (--output).")

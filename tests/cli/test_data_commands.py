@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -176,6 +177,24 @@ def test_top_level_cli_prints_error_and_exits_1(mini: Path, capsys):
     assert err.startswith("medcl: error: Dataset folder") and "has no dataset.json" in err
 
 
+def link_loop(folder: Path) -> tuple[Path, Path]:
+    """``a.nii.gz -> b.nii.gz -> a.nii.gz`` in ``folder``: neither link ever reaches a file."""
+    a, b = folder / "a.nii.gz", folder / "b.nii.gz"
+    a.symlink_to(b.name)
+    b.symlink_to(a.name)
+    return a, b
+
+
+def test_check_reports_a_symlink_loop_per_case(mini: Path, capsys):
+    link_loop(mini / "imagesTr")
+    assert medcl("data", "check", mini, "--no-progress") == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == "5 cases checked: 2 errors, 0 warnings"
+    for row, name in zip(lines[1:3], ("a", "b"), strict=True):
+        assert row.split()[:3] == [name, "error", f"imagesTr/{name}.nii.gz"]
+        assert "cannot read image file: symbolic link loop" in row
+
+
 # --- split -----------------------------------------------------------------------------------------------------
 
 
@@ -246,6 +265,15 @@ def test_split_bad_amounts(mini: Path, tmp_path: Path):
         medcl("data", "split", mini, "--labeled", "lots", "-o", tmp_path / "s.json")
     with pytest.raises(DataError, match=r"Asked for 2 labeled \+ 2 val \+ 0 test = 4 cases, .* only 3"):
         medcl("data", "split", mini, "--labeled", "2", "--val", "2", "-o", tmp_path / "s.json")
+    assert not (tmp_path / "s.json").exists()
+
+
+def test_split_names_a_symlink_loop(mini: Path, tmp_path: Path):
+    a, _ = link_loop(mini / "imagesTr")
+    with pytest.raises(
+        DataError, match=rf"{re.escape(str(a))} of case 'a' cannot be opened: symbolic link loop"
+    ):
+        medcl("data", "split", mini, "--labeled", "1", "-o", tmp_path / "s.json")
     assert not (tmp_path / "s.json").exists()
 
 

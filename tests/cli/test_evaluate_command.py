@@ -284,3 +284,14 @@ def test_model_mode_with_a_trained_checkpoint(hippocampus, small_splits, output_
     [run] = client.search_runs([client.get_experiment_by_name("evaluation").experiment_id])
     assert run.data.tags["medcl.subset"] == "val"
     assert run.data.metrics["val/dice_mean"] == pytest.approx(data["foreground_mean"]["dice"])
+
+
+def test_model_mode_with_an_unknown_model_creates_no_store(
+    hippocampus, small_splits, tmp_path, capsys
+) -> None:
+    output = tmp_path / "nostore"
+    args = ["evaluate", "--model", "typo", "--data", hippocampus, "--splits", small_splits, "--subset", "val"]
+    assert run_cli(*args, "--output", output) == 1
+    err = capsys.readouterr().err
+    assert "'typo'" in err and "no MLflow store" in err and err.count("\n") == 1
+    assert not output.exists()

@@ -149,3 +149,18 @@ def test_list_file_and_nifti_format(trained_run, hippocampus: Path, tmp_path: Pa
         == 0
     )
     assert nib.load(out / "case.nii.gz").shape == sitk.ReadImage(str(mha)).GetSize()
+
+
+def test_unknown_model_fails_in_one_line_without_creating_a_store(
+    hippocampus: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """A lookup only reads: neither ``./medcl_runs`` nor the ``--runs`` folder may appear."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    image = str(hippocampus / "imagesTr" / "hippocampus_001.nii.gz")
+    for model, extra in (("typo.pt", []), ("0123456789abcdef0123456789abcdef", ["--runs", "nostore"])):
+        code = main(["infer", "--model", model, "--input", image, "--output", "masks", *extra])
+        err = capsys.readouterr().err
+        assert code == 1
+        assert err.count("\n") == 1 and model in err and "no MLflow store" in err, err
+    assert list(tmp_path.iterdir()) == []

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import mlflow
+import pytest
 
 from medcl.cli import main
 
@@ -75,9 +76,64 @@ def test_corrupt_case_is_named(hippocampus, output_dir, tmp_path, capsys) -> Non
     before = {p: p.read_bytes() for p in data.rglob("*") if p.is_file()}
     assert run_cli("train", CONFIG, "--data", data, "--output", output_dir, "--steps", 1, *FAST) == 1
     err = capsys.readouterr().err
-    assert f"cannot preprocess case {ids[0]}" in err and str(bad) in err
+    assert f"{ids[0]}: imagesTr/{ids[0]}.nii.gz: cannot read image" in err and "Traceback" not in err
     # Nothing was written into (or changed in) the dataset folder.
     assert {p: p.read_bytes() for p in data.rglob("*") if p.is_file()} == before
+
+
+def _damage(path: Path, how: str) -> None:
+    import nibabel as nib
+    import numpy as np
+
+    img = nib.load(path)
+    data = np.asarray(img.dataobj)
+    if how == "cropped":
+        data = data[:-3]
+    elif how == "value 7":
+        data = data.copy()
+        data[data == 2] = 7
+    elif how == "fractional":
+        data = data.astype(np.float32)
+        data[data == 2] = 0.5
+    elif how == "nan":
+        data = data.astype(np.float32)
+        data[0, 0, 0] = np.nan
+    elif how == "4d":
+        data = np.stack([data, data], axis=-1)
+    nib.save(nib.Nifti1Image(data, img.affine), path)
+
+
+BAD_INPUTS = {
+    "cropped": ("labelsTr", "label shape"),
+    "value 7": ("labelsTr", "7"),
+    "fractional": ("labelsTr", "label"),
+    "nan": ("imagesTr", "NaN"),
+    "4d": ("imagesTr", "4D"),
+}
+
+
+@pytest.mark.parametrize("how", sorted(BAD_INPUTS))
+def test_train_refuses_what_data_check_refuses(mini, output_dir, how, capsys) -> None:
+    folder, words = BAD_INPUTS[how]
+    bad = "hippocampus_004"  # one of the `mini` fixture's three cases
+    _damage(mini / folder / f"{bad}.nii.gz", how)
+    assert run_cli("train", CONFIG, "--data", mini, "--output", output_dir, "--steps", 1, *FAST) == 1
+    err = capsys.readouterr().err
+    assert "cannot be used for training" in err and f"{bad}: {folder}/{bad}.nii.gz" in err, err
+    assert words in err and "Traceback" not in err
+    assert not (output_dir / "runs").exists()  # stopped before any run folder or MLflow run
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{output_dir / 'mlflow.db'}")
+    assert not client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+def test_symlink_loop_in_imagestr_is_named(mini, output_dir, capsys) -> None:
+    loop = mini / "imagesTr" / "a.nii.gz"
+    loop.symlink_to("b.nii.gz")
+    (mini / "imagesTr" / "b.nii.gz").symlink_to("a.nii.gz")
+    assert run_cli("train", CONFIG, "--data", mini, "--output", output_dir, "--steps", 1, *FAST) == 1
+    err = capsys.readouterr().err
+    assert f"{loop} of case 'a' cannot be opened: symbolic link loop" in err and "Traceback" not in err
+    assert not (output_dir / "runs").exists()
 
 
 def test_train_command_prints_summary(hippocampus, small_splits, output_dir, capsys) -> None:
@@ -144,3 +200,12 @@ def test_ddp_two_processes_gloo(hippocampus, small_splits, output_dir) -> None:
     assert run.info.status == "FINISHED" and run.data.params["data.world_size"] == "2"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [3]
     assert "val/dice_mean" in run.data.metrics
+
+
+def test_unknown_init_fails_without_creating_a_store(hippocampus, tmp_path, capsys) -> None:
+    output = tmp_path / "fresh"
+    code = run_cli("train", CONFIG, "--data", hippocampus, "--output", output, "--init", "nope", *FAST)
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "'nope'" in err and "no MLflow store" in err and "Traceback" not in err
+    assert not output.exists()

@@ -115,9 +115,13 @@ def test_ui_shows_the_trained_run_in_chromium(trained_run) -> None:
     )
     driver = None
     try:
-        first_line = proc.stdout.readline()
         base = f"http://127.0.0.1:{port}"
-        assert base in first_line, first_line
+        lines = [proc.stdout.readline()]
+        assert lines[0].startswith("starting the MLflow UI"), lines  # a progress line while it starts
+        while not lines[-1].startswith("MLflow UI for"):  # the URL, printed once the server answers
+            lines.append(proc.stdout.readline())
+            assert lines[-1], "".join(lines)  # end of output: medcl ui exited
+        assert base in lines[-1], lines[-1]
         _wait_for_http(f"{base}/health", proc)
         assert _listening_addresses(proc.pid, port) == {"127.0.0.1"}
 

@@ -348,3 +348,32 @@ def test_unsupported_file_ending(hippo: Path, tmp_path: Path):
     edit_json(root, file_ending=".png")
     with pytest.raises(DataError, match=r"'file_ending' '\.png' .* is not supported"):
         load_dataset(root)
+
+
+@pytest.mark.parametrize("layout", ["msd", "nnunet"])
+def test_symlink_loop_in_imagestr_names_the_file(hippo: Path, tmp_path: Path, layout: str):
+    root = (make_msd if layout == "msd" else make_nnunet)(hippo, tmp_path / layout)
+    ext = "_0000.nii.gz" if layout == "nnunet" else ".nii.gz"
+    (root / "imagesTr" / f"a{ext}").symlink_to(f"b{ext}")
+    (root / "imagesTr" / f"b{ext}").symlink_to(f"a{ext}")
+    with pytest.raises(
+        DataError, match=rf"{re.escape(str(root / 'imagesTr' / f'a{ext}'))} .*symbolic link loop"
+    ):
+        load_dataset(root)
+    # `medcl data check` keeps them, one case each, to report them per case.
+    info = load_dataset(root, keep_unreadable=True)
+    assert [c.id for c in info.unlabeled] == ["a", "b"]
+    assert [c.id for c in info.cases] == list(HIPPO_IDS)
+
+
+def test_listed_image_that_is_a_symlink_loop(hippo: Path, tmp_path: Path):
+    root = make_msd(hippo, tmp_path / "msd")
+    image = root / "imagesTr" / "hippocampus_004.nii.gz"
+    image.unlink()
+    image.symlink_to(image.name)
+    with pytest.raises(
+        DataError,
+        match=r"names the image .*hippocampus_004\.nii\.gz, which cannot be opened: "
+        r"symbolic link loop \(hippocampus_004\.nii\.gz -> hippocampus_004\.nii\.gz\)",
+    ):
+        load_dataset(root)

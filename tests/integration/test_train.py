@@ -118,6 +118,21 @@ def test_existing_run_folder_is_not_overwritten(hippocampus, small_splits, outpu
         train(cfg, progress=False)
 
 
+def test_resuming_a_finished_run_changes_nothing(hippocampus, small_splits, output_dir) -> None:
+    from medcl.errors import MedclError
+
+    cfg = make_cfg(hippocampus, small_splits, output_dir, "train.steps=2", "tracking.run_name=done")
+    result = train(cfg, progress=False)
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{output_dir / 'mlflow.db'}")
+    models = client.search_logged_models(experiment_ids=[client.get_run(result.run_id).info.experiment_id])
+    before = result.last_checkpoint.stat().st_mtime_ns
+    with pytest.raises(MedclError, match="is finished .2 of 2 steps.*nothing was changed"):
+        train(cfg, resume=str(result.run_dir), progress=False)
+    assert result.last_checkpoint.stat().st_mtime_ns == before
+    after = client.search_logged_models(experiment_ids=[client.get_run(result.run_id).info.experiment_id])
+    assert len(after) == len(models) == 1
+
+
 def test_init_copies_weights_from_a_checkpoint(hippocampus, small_splits, output_dir) -> None:
     base = ("train.steps=2", "val.every=100", "tracking.log_model=false")
     first = train(

@@ -1,0 +1,57 @@
+"""Tests for medcl.inference.inputs: how ``medcl infer --input`` items become cases."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from medcl.errors import MedclError
+from medcl.inference.inputs import collect_inputs
+
+
+@pytest.fixture
+def images(hippocampus: Path, tmp_path: Path) -> Path:
+    """A folder with two real Hippocampus images."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for case_id in ("hippocampus_001", "hippocampus_004"):
+        shutil.copy(hippocampus / "imagesTr" / f"{case_id}.nii.gz", folder)
+    return folder
+
+
+def test_a_file_given_twice_is_named(images: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    a = images / "hippocampus_001.nii.gz"
+    with pytest.raises(MedclError, match=r"hippocampus_001\.nii\.gz is given twice; give each image once"):
+        collect_inputs([str(a), str(a)])
+    # The same file spelled differently, or given both directly and through its folder or a list.
+    monkeypatch.chdir(images)
+    with pytest.raises(MedclError, match=rf"given twice \(as {a.name} and as {a}\)"):
+        collect_inputs([a.name, str(a)])
+    with pytest.raises(MedclError, match=r"hippocampus_001\.nii\.gz is given twice"):
+        collect_inputs([str(images), str(a)])
+    (images.parent / "list.txt").write_text(f"in/{a.name}\n")
+    with pytest.raises(MedclError, match=r"hippocampus_001\.nii\.gz is given twice"):
+        collect_inputs([str(images.parent / "list.txt"), str(a)])
+
+
+def test_nnunet_channels_of_one_case_are_not_duplicates(images: Path) -> None:
+    a = images / "hippocampus_001.nii.gz"
+    shutil.copy(a, images / "x_0000.nii.gz")
+    shutil.copy(a, images / "x_0001.nii.gz")
+    cases = collect_inputs([str(images / "x_0000.nii.gz"), str(images / "x_0001.nii.gz")])
+    assert [(c.name, [p.name for p in c.paths]) for c in cases] == [("x", ["x_0000.nii.gz", "x_0001.nii.gz"])]
+
+
+def test_input_list_must_be_utf8(images: Path) -> None:
+    listing = images.parent / "cases.txt"
+    listing.write_bytes("# caf\u00e9 scans\nin/hippocampus_001.nii.gz\n".encode("latin-1"))
+    with pytest.raises(MedclError) as info:
+        collect_inputs([str(listing)])
+    message = str(info.value)
+    assert message.startswith(f"input list {listing} is not UTF-8 text (byte 0xe9 at offset 5)")
+    assert "\n" not in message
+    # A byte-order mark (as Windows editors write) is fine.
+    listing.write_bytes("\ufeffin/hippocampus_001.nii.gz\nin/hippocampus_004.nii.gz\n".encode())
+    assert [c.name for c in collect_inputs([str(listing)])] == ["hippocampus_001", "hippocampus_004"]
