@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+REPO = Path(__file__).resolve().parents[2]
+
+
 def medcl(*argv: str | Path) -> int:
     args = build_parser().parse_args([str(a) for a in argv])
     return args.func(args)
@@ -255,9 +258,30 @@ def test_split_refuses_to_overwrite_without_force(mini: Path, tmp_path: Path):
 def test_split_refuses_to_write_into_dataset_folder(mini: Path):
     before = sorted(p.name for p in mini.rglob("*"))
     for target in (mini / "splits.json", mini / "labelsTr" / "s.json"):
-        with pytest.raises(DataError, match=r"would write into the dataset folder"):
+        with pytest.raises(DataError, match=r"is inside the dataset folder"):
             medcl("data", "split", mini, "--labeled", "1", "-o", target)
     assert sorted(p.name for p in mini.rglob("*")) == before
+
+
+def test_no_command_writes_into_a_dataset_it_reads(mini: Path, tmp_path: Path):
+    """infer, evaluate, data check --json and train refuse targets inside the dataset (links and '..' too)."""
+    (tmp_path / "link").symlink_to(mini)
+    image = mini / "imagesTr" / "hippocampus_001.nii.gz"
+    labels = mini / "labelsTr"
+    before = {p: p.read_bytes() for p in mini.rglob("*") if p.is_file()}
+    attempts = [
+        ("data", "check", mini, "--no-progress", "--json", tmp_path / "link" / "report.json"),
+        ("infer", "--model", tmp_path / "none.pt", "--input", image, "--output", labels, "--overwrite"),
+        ("evaluate", "--pred", labels, "--gt", labels, "-o", mini / "imagesTr" / ".." / "summary.json"),
+        ("train", REPO / "configs/hippocampus/supervised.yaml", "--data", mini, "--output", mini / "runs"),
+    ]
+    from medcl.cli import build_parser as cli_parser  # every command, not only `data`
+
+    for argv in attempts:
+        args = cli_parser().parse_args([str(a) for a in argv])
+        with pytest.raises(DataError, match=r"is inside the dataset folder .*read-only"):
+            args.func(args)
+    assert {p: p.read_bytes() for p in mini.rglob("*") if p.is_file()} == before
 
 
 def test_split_bad_amounts(mini: Path, tmp_path: Path):

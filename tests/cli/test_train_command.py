@@ -209,3 +209,27 @@ def test_unknown_init_fails_without_creating_a_store(hippocampus, tmp_path, caps
     assert code == 1
     assert "'nope'" in err and "no MLflow store" in err and "Traceback" not in err
     assert not output.exists()
+
+
+def test_four_trainings_at_once_into_one_fresh_store(mini, tmp_path) -> None:
+    """Started together on a new --output: all finish, four runs in four folders, the store intact."""
+    import sqlite3
+
+    out = tmp_path / "fresh"  # no store yet: the four race to create it
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "medcl.cli", "train", str(CONFIG), "--data", str(mini), "--output", str(out)]
+    cmd += ["--steps", "1", "--no-progress", *FAST, "--set", "train.threads=1", "--set", "val.hd95=false"]
+    procs = [
+        subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(4)
+    ]
+    outputs = [p.communicate(timeout=600)[0].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, outputs
+    folders = sorted(p.name for p in (out / "runs").iterdir())
+    assert len(folders) == 4 and all(
+        (out / "runs" / f / "checkpoints" / "best.pt").is_file() for f in folders
+    )
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert sorted(r.info.run_name for r in runs) == folders and {r.info.status for r in runs} == {"FINISHED"}
+    with sqlite3.connect(out / "mlflow.db") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
