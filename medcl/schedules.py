@@ -14,18 +14,49 @@ reachable here (``per: epoch``, ``period: 0.1``, ``tau_min: null``).
 The value is a plain ``float`` (never a tensor or a NumPy scalar) so that it can be logged as ``train/tau``
 and stored in a checkpoint that ``torch.load(weights_only=True)`` reads back.
 
+Step counts that scale with the run: every step-count hyperparameter of a schedule (``optim.warmup_steps``,
+MCSC's ``cps_rampup_steps``, ``contrast_warmup_steps`` and per-network ``warmup_steps``, ACTION++'s
+``stage1_steps``, ...) is a :data:`StepCount`. The rule is the type of the number as written:
+
+* an **integer** (``3000``) is an absolute number of steps, kept whatever ``train.steps`` is;
+* a **decimal number** in ``[0, 1]`` (``0.05``, ``1.0``) is a fraction of ``train.steps``, so ``--steps N``
+  scales it; it becomes ``round(fraction * train.steps)`` steps (halves round up).
+
+A decimal outside ``[0, 1]`` (``3000.0``) is an error, so a value never means two things. Each method
+resolves its keys once, at construction, with :func:`resolve_step_fields` (which calls
+:func:`resolve_steps`); the trainer logs the absolute values and warns once about any that does not end
+before the last step (:func:`report_schedule`).
+
 [0] C. You, W. Dai, Y. Min, L. Staib, J. Sekhon, J. S. Duncan, "ACTION++: Improving Semi-supervised Medical
     Image Segmentation with Adaptive Anatomical Contrast", MICCAI 2023, https://arxiv.org/abs/2304.02689
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from typing import Literal
+import numbers
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, model_validator
+from pydantic.fields import FieldInfo
 
-__all__ = ["ScheduleParams", "constant_temperature", "cosine_temperature", "scheduled_temperature"]
+__all__ = [
+    "ResolvedSteps",
+    "ScheduleParams",
+    "StepCount",
+    "constant_temperature",
+    "cosine_temperature",
+    "report_schedule",
+    "resolve_step_fields",
+    "resolve_steps",
+    "scheduled_temperature",
+]
+
+log = logging.getLogger(__name__)
 
 
 class ScheduleParams(BaseModel):
@@ -170,3 +201,147 @@ def scheduled_temperature(
         per=schedule.per,
         steps_per_epoch=schedule.steps_per_epoch,
     )
+
+
+# ------------------------------------------------------------------------------------------ step counts
+
+
+class _FractionOfRun:
+    """Marker in a :data:`StepCount` annotation, found by :func:`resolve_step_fields`."""
+
+
+def _check_step_count(value: Any) -> int | float:
+    """Validate a :data:`StepCount`: an integer >= 0 (steps) or a decimal in ``[0, 1]`` (fraction of the run)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(
+            "expected a step count: an integer number of steps (e.g. 3000) or a decimal fraction of "
+            "train.steps (e.g. 0.05)"
+        )
+    if isinstance(value, numbers.Integral):
+        if value < 0:
+            raise ValueError("a step count must be 0 or more")
+        return int(value)
+    if not 0.0 <= float(value) <= 1.0:  # also rejects NaN
+        raise ValueError(
+            "a decimal number is a fraction of train.steps and must lie in [0, 1]; write an absolute "
+            "number of steps as an integer (e.g. 3000, not 3000.0)"
+        )
+    return float(value)
+
+
+#: A step count that may scale with the run: ``int`` >= 0 = absolute steps, ``float`` in [0, 1] = fraction of
+#: ``train.steps`` (see the module docstring). Resolve it with :func:`resolve_steps`.
+StepCount = Annotated[int | float, PlainValidator(_check_step_count), _FractionOfRun()]
+
+
+def resolve_steps(value: int | float, total_steps: int) -> int:
+    """The absolute number of steps of a :data:`StepCount` in a run of ``total_steps`` steps.
+
+    Args:
+        value: An ``int`` (absolute steps, returned as is) or a ``float`` fraction of the run.
+        total_steps: ``train.steps``.
+
+    Returns:
+        ``value`` for an int; ``round(value * total_steps)`` (halves up) for a float.
+
+    Example:
+        >>> resolve_steps(0.75, 1500), resolve_steps(30000, 1500)
+        (1125, 30000)
+    """
+    if isinstance(value, float):
+        # floor(x + 0.5), not round(): Python rounds halves to even, which would make 0.5 of 5 and 7 differ.
+        return int(math.floor(value * total_steps + 0.5))
+    return int(value)
+
+
+@dataclass(frozen=True)
+class ResolvedSteps:
+    """One step-count key of a run: as written in the config, and in steps."""
+
+    key: str
+    given: int | float
+    steps: int
+
+    def __str__(self) -> str:
+        if isinstance(self.given, float):
+            return f"{self.key}={self.steps} ({self.given:g} of train.steps)"
+        return f"{self.key}={self.steps}"
+
+
+def _is_step_count(field: FieldInfo) -> bool:
+    """Whether a field is a :data:`StepCount` (possibly ``StepCount | None``)."""
+
+    def marked(tp: Any) -> bool:
+        if typing.get_origin(tp) is Annotated:
+            if any(isinstance(m, _FractionOfRun) for m in tp.__metadata__):
+                return True
+        return any(marked(arg) for arg in typing.get_args(tp))
+
+    return any(isinstance(m, _FractionOfRun) for m in field.metadata) or marked(field.annotation)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def resolve_step_fields(section: M, total_steps: int, prefix: str) -> tuple[M, dict[str, ResolvedSteps]]:
+    """Resolve every :data:`StepCount` of a config section (nested sections included) against the run.
+
+    Args:
+        section: A parsed section, e.g. a method's ``Params`` or ``OptimConfig``.
+        total_steps: ``train.steps``.
+        prefix: Dotted name of the section (``"method"``, ``"optim"``), for the keys of the result.
+
+    Returns:
+        A copy of ``section`` whose step counts are absolute ``int`` steps (``None`` stays ``None``), and
+        ``{dotted key: ResolvedSteps}`` for each of them.
+    """
+    updates: dict[str, Any] = {}
+    found: dict[str, ResolvedSteps] = {}
+    for name, field in type(section).model_fields.items():
+        value = getattr(section, name)
+        key = f"{prefix}.{name}"
+        if isinstance(value, BaseModel):
+            inner, inner_found = resolve_step_fields(value, total_steps, key)
+            if inner_found:
+                updates[name] = inner
+                found.update(inner_found)
+        elif value is not None and _is_step_count(field):
+            steps = resolve_steps(value, total_steps)
+            found[key] = ResolvedSteps(key, value, steps)
+            updates[name] = steps
+    # model_copy does not validate: the resolved ints are valid StepCounts anyway.
+    return (section.model_copy(update=updates) if updates else section), found
+
+
+def report_schedule(resolved: Mapping[str, ResolvedSteps], total_steps: int) -> dict[str, int]:
+    """Log a run's resolved step counts and warn once if any does not end before the run does.
+
+    A ramp or warm-up of ``train.steps`` steps or more never reaches its end: the method silently runs in
+    its warm-up state (e.g. ``--steps 1500`` with ``cps_rampup_steps: 30000`` ends with the CPS weight at
+    11% of its target). One warning names every such key with its value and ``train.steps``.
+
+    Args:
+        resolved: ``{dotted key: ResolvedSteps}`` (``Method.schedule_steps``).
+        total_steps: ``train.steps``.
+
+    Returns:
+        MLflow params: ``{"<key>_resolved": steps}``.
+    """
+    if not resolved:
+        return {}
+    log.info("schedule over train.steps=%d: %s", total_steps, ", ".join(map(str, resolved.values())))
+    late = [r for r in resolved.values() if r.steps > 0 and r.steps >= total_steps]
+    if late:
+        absolute = any(not isinstance(r.given, float) for r in late)
+        log.warning(
+            "the schedule does not complete within train.steps=%d: %s %s not end before the last step, so "
+            "the method stays in its warm-up/ramp/first stage for the whole run. %s",
+            total_steps,
+            ", ".join(map(str, late)),
+            "does" if len(late) == 1 else "do",
+            "Give step counts as fractions of train.steps (a decimal, e.g. 0.75) so that they scale with "
+            "--steps, or lower them."
+            if absolute
+            else "Use a fraction below 1.",
+        )
+    return {f"{r.key}_resolved": r.steps for r in resolved.values()}

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from medcl.config import OptimConfig
+from medcl.schedules import resolve_steps
 
 
 def build_optimizer(groups: list[dict[str, Any]], cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -23,12 +24,14 @@ def build_optimizer(groups: list[dict[str, Any]], cfg: OptimConfig) -> torch.opt
 def lr_factor(step: int, total: int, cfg: OptimConfig) -> float:
     """Multiplier of the base learning rate at ``step`` (0-based) of ``total`` steps.
 
-    Linear warm-up over ``warmup_steps``, then ``poly``: ``(1 - t) ** poly_power`` (nnU-Net, SSL4MIS),
-    ``cosine``: ``(1 + cos(pi t)) / 2``, or ``constant``, with ``t`` going from 0 to 1 after warm-up.
+    Linear warm-up over ``warmup_steps`` (steps, or a fraction of ``total``), then ``poly``:
+    ``(1 - t) ** poly_power`` (nnU-Net, SSL4MIS), ``cosine``: ``(1 + cos(pi t)) / 2``, or ``constant``, with ``t``
+    going from 0 to 1 after warm-up.
     """
-    if cfg.warmup_steps and step < cfg.warmup_steps:
-        return float(step + 1) / cfg.warmup_steps
-    t = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+    warmup = resolve_steps(cfg.warmup_steps, total)
+    if warmup and step < warmup:
+        return float(step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
     if cfg.schedule == "poly":
         return float((1.0 - t) ** cfg.poly_power)
     if cfg.schedule == "cosine":
@@ -42,10 +45,12 @@ def build_scheduler(
     """A ``LambdaLR`` applying :func:`lr_factor`; stepped once per optimiser step.
 
     A parameter group holding a ``warmup_steps`` key gets its own warm-up length (MCSC warms up its
-    Transformer only); every other group uses ``cfg.warmup_steps``.
+    Transformer only); every other group uses ``cfg.warmup_steps``. Either may be a fraction of ``total``.
     """
     configs = [
-        cfg.model_copy(update={"warmup_steps": int(g["warmup_steps"])}) if "warmup_steps" in g else cfg
+        cfg.model_copy(update={"warmup_steps": resolve_steps(g["warmup_steps"], total)})
+        if "warmup_steps" in g
+        else cfg
         for g in optimizer.param_groups
     ]
 
