@@ -40,6 +40,7 @@ import errno
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,9 @@ class DatasetInfo:
         channel_names: Channel index -> name (``{0: "MRI"}``).
         cases: Labeled cases, sorted by id.
         unlabeled: Unlabeled cases (label ``None``), sorted by id.
+        skipped: Files of image folders (``--images``, ``--unlabeled``) that are not images and were not read.
+        image_folders: For a dataset made only of image folders (no ``dataset.json``, see
+            :mod:`medcl.data.image_folder`): those folders; empty for a dataset folder.
     """
 
     root: Path
@@ -86,6 +90,8 @@ class DatasetInfo:
     channel_names: dict[int, str]
     cases: list[Case]
     unlabeled: list[Case]
+    skipped: list[Path] = field(default_factory=list)
+    image_folders: list[Path] = field(default_factory=list)
     _index: dict[str, Case] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -202,13 +208,18 @@ def case_id_from_path(path: str | Path, *, strip_channel: bool = True) -> str:
 
 
 def load_dataset(
-    root: str | Path, unlabeled_dir: str | Path | None = None, *, keep_unreadable: bool = False
+    root: str | Path,
+    unlabeled_dir: str | Path | Sequence[str | Path] | None = None,
+    *,
+    keep_unreadable: bool = False,
 ) -> DatasetInfo:
     """Read ``dataset.json`` and pair image and label files, without opening any image.
 
     Args:
         root: The dataset folder (MSD or nnU-Net v2 layout, see the module docstring).
-        unlabeled_dir: An extra folder of unlabeled images, absolute or relative to ``root``.
+        unlabeled_dir: Extra folder(s) of unlabeled images, absolute or relative to ``root``, searched
+            recursively (DICOM series folders included, see :mod:`medcl.data.image_folder`); with several
+            folders each case id starts with its folder's name.
         keep_unreadable: Keep image and label files that cannot be opened (a symbolic link loop such as
             ``a.nii.gz -> b.nii.gz -> a.nii.gz``, a link target without read permission) in their cases
             instead of raising, so that ``medcl data check`` reports each one as an error of its case.
@@ -240,7 +251,10 @@ def load_dataset(
         labeled, extra = _cases_from_training_list(root, training, json_path, extensions, nnunet_names)
     else:
         labeled, extra = _cases_from_folders(root, extensions, nnunet_names)
-    unlabeled = extra + _unlabeled_cases(root, data, json_path, extensions, nnunet_names, unlabeled_dir)
+    skipped: list[Path] = []
+    unlabeled = extra + _unlabeled_cases(
+        root, data, json_path, extensions, nnunet_names, unlabeled_dir, skipped
+    )
 
     _check_unique_ids(labeled + unlabeled)
     if channel_names is None:
@@ -258,6 +272,7 @@ def load_dataset(
         channel_names=channel_names,
         cases=sorted(labeled, key=lambda c: c.id),
         unlabeled=sorted(unlabeled, key=lambda c: c.id),
+        skipped=skipped,
     )
 
 
@@ -525,7 +540,8 @@ def _unlabeled_cases(
     json_path: Path,
     extensions: tuple[str, ...],
     nnunet_names: bool,
-    unlabeled_dir: str | Path | None,
+    unlabeled_dir: str | Path | Sequence[str | Path] | None,
+    skipped: list[Path],
 ) -> list[Case]:
     cases = []
     test = data.get("test")
@@ -542,15 +558,29 @@ def _unlabeled_cases(
     elif (root / "imagesTs").is_dir():
         scanned = _scan_images(root / "imagesTs", extensions, nnunet_names)
         cases += [Case(id=i, images=p, label=None) for i, p in scanned.items()]
-    if unlabeled_dir is not None:
-        folder = Path(unlabeled_dir).expanduser()
+    from medcl.data.image_folder import find_images
+
+    folders = (
+        []
+        if unlabeled_dir is None
+        else [unlabeled_dir]
+        if isinstance(unlabeled_dir, str | Path)
+        else list(unlabeled_dir)
+    )
+    for given in folders:
+        folder = Path(given).expanduser()
         folder = folder if folder.is_absolute() else root / folder
         if not folder.is_dir():
             raise DataError(f"Unlabeled image folder {folder} does not exist or is not a folder.")
-        scanned = _scan_images(folder, extensions, nnunet_names)
-        if not scanned:
-            raise DataError(f"Unlabeled image folder {folder} holds no images ({', '.join(extensions)}).")
-        cases += [Case(id=i, images=p, label=None) for i, p in scanned.items()]
+        prefix = f"{folder.name}/" if len(folders) > 1 else ""
+        found, extra = find_images(folder, extensions=extensions, nnunet_names=nnunet_names, prefix=prefix)
+        if not found:
+            raise DataError(
+                f"Unlabeled image folder {folder} holds no images ({', '.join(extensions)}) and no DICOM series "
+                "(searched recursively)."
+            )
+        cases += found
+        skipped += extra
     return cases
 
 

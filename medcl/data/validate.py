@@ -80,7 +80,7 @@ def read_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
     ``(x, y, z)`` and whose LPS geometry is converted to RAS. Multi-component pixels stay on the last axis.
 
     Args:
-        path: The file.
+        path: The file, or a folder holding a DICOM series.
 
     Returns:
         ``(array, affine)``; the array keeps the file's dtype (scaled NIfTI data comes back as float).
@@ -93,7 +93,7 @@ def read_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
     reason = unreadable_reason(path)
     if reason is not None and reason != "file does not exist":  # a symbolic link loop, no permission
         raise DataError(f"Cannot read {path}: {reason}.")
-    if not path.is_file():
+    if not (path.is_file() or path.is_dir()):  # a folder is a DICOM series
         raise DataError(f"Image file {path} does not exist.")
     name = path.name.lower()
     try:
