@@ -28,13 +28,10 @@ import statistics
 import time
 from pathlib import Path
 
-import mlflow
-
 from medcl.config import load_config
 from medcl.data.dataset import load_dataset
 from medcl.data.splits import Splits, make_splits
 from medcl.engine.run import train
-from medcl.tracking.mlflow_tracking import resolve_store
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -44,9 +41,9 @@ DATASETS = {
 }
 
 
-def make_pool_splits(name: str, out: Path) -> Path:
-    """The benchmark's splits file: pretraining/labeled pool + validation cases."""
-    root = DATA / DATASETS[name]["folder"]
+def make_pool_splits(name: str, out: Path, root: Path | None = None) -> Path:
+    """The benchmark's splits file: pretraining/labeled pool + validation cases (of ``root``, default shared)."""
+    root = root or DATA / DATASETS[name]["folder"]
     if name == "acdc":
         splits = Splits.load(root / "splits.json")
     else:
@@ -99,6 +96,10 @@ def main() -> None:
     )
     # Collapse check: a global stage whose embeddings all point one way (mean pairwise cosine near 1) has
     # learnt nothing, and fine-tuning from it cannot beat random init.
+    import mlflow  # here, not at the top: accuracy.py imports this module on machines without MLflow
+
+    from medcl.tracking.mlflow_tracking import resolve_store
+
     client = mlflow.MlflowClient(resolve_store(None, out)[0])
     pretraining = {
         stage: {

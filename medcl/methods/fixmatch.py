@@ -1,0 +1,142 @@
+"""Weak-to-strong consistency with one network (FixMatch [0] for segmentation, UniMatch's medical loss [1]).
+
+The cheapest semi-supervised step: one network, no teacher copy, no contrast. Each step
+
+1. predicts the unlabeled slices' *weak* view (the sampler's own flips/rotations) without gradient and keeps
+   the argmax as pseudo-label and the max probability as confidence;
+2. builds a *strong* view of the same slices (CutMix between the unlabeled slices, with pseudo-labels and
+   confidences mixed by the same boxes, then colour jitter and Gaussian blur: :func:`medcl.data.mixing.strong_view`);
+3. trains on ``L_sup + unsup_weight * L_unsup``: ``L_sup`` is Dice + CE on the labeled slices, and ``L_unsup``
+   is the pseudo-label loss on the strong view, counted only where the confidence reaches ``threshold``
+   (``0.95`` in both papers):
+
+       L_unsup = ce_weight * sum(m * CE) / |pixels|  +  dice_weight * MaskedDice(softmax, pseudo, m)
+
+   with ``m = [confidence >= threshold]``. Dividing the CE by every pixel, not by the confident ones, is
+   FixMatch's: early in training, when few pixels are confident, the unsupervised term is small by itself, so no
+   ramp-up schedule is needed. The masked Dice term is UniMatch's ACDC loss.
+
+The labeled slices and the strong view go through the network in one forward; the weak view's forward runs
+under ``torch.no_grad`` in training mode (as FixMatch: the same network, the same normalisation).
+
+- [0] K. Sohn et al., "FixMatch: Simplifying Semi-Supervised Learning with Consistency and Confidence",
+  NeurIPS 2020, https://arxiv.org/abs/2001.07685
+- [1] L. Yang, L. Qi, L. Feng, W. Zhang, Y. Shi, "Revisiting Weak-to-Strong Consistency in Semi-Supervised
+  Semantic Segmentation" (UniMatch), CVPR 2023, https://arxiv.org/abs/2208.09910
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from monai.losses import DiceCELoss, MaskedDiceLoss
+from pydantic import Field
+from torch import Tensor
+
+from medcl.config import Config
+from medcl.data.mixing import MixMode, step_generator, strong_view
+from medcl.methods.base import DataSpec, Method, MethodParams, pseudo_label_dice
+from medcl.models.networks import SegNet
+
+
+class FixMatchParams(MethodParams):
+    """``method.*`` keys of ``fixmatch``."""
+
+    dice_weight: float = Field(0.5, ge=0, description="Weight of Dice in both losses (UniMatch: 0.5).")
+    ce_weight: float = Field(0.5, ge=0, description="Weight of CE in both losses (UniMatch: 0.5).")
+    include_background: bool = Field(False, description="Count background in the Dice terms.")
+    unsup_weight: float = Field(1.0, ge=0, description="Weight of L_unsup (FixMatch: 1, no ramp-up).")
+    threshold: float = Field(
+        0.95,
+        ge=0,
+        le=1,
+        description="Confidence of a pseudo-labeled pixel that counts (FixMatch, UniMatch: 0.95).",
+    )
+    mix: MixMode = Field("cutmix", description="Strong view mixing: cutmix (UniMatch), classmix, none.")
+    jitter_prob: float = Field(0.8, ge=0, le=1, description="Strong view: colour jitter probability (0.8).")
+    blur_prob: float = Field(0.5, ge=0, le=1, description="Strong view: Gaussian blur probability (0.5).")
+
+
+class FixMatch(Method):
+    """One network trained on labeled slices and on its own confident pseudo-labels of strong views."""
+
+    name = "fixmatch"
+    Params = FixMatchParams
+    streams: ClassVar[dict[str, bool]] = {"labeled": True, "unlabeled": False}
+    metrics: ClassVar[frozenset[str]] = frozenset({"confident_fraction", "pseudo_dice"})
+
+    def __init__(self, cfg: Config, spec: DataSpec) -> None:
+        super().__init__(cfg, spec)
+        p = self.params
+        self.net = self.build_net()
+        self.sup_loss = DiceCELoss(
+            include_background=p.include_background,
+            to_onehot_y=True,
+            softmax=True,
+            lambda_dice=p.dice_weight,
+            lambda_ce=p.ce_weight,
+        )
+        self.masked_dice = MaskedDiceLoss(
+            include_background=p.include_background, to_onehot_y=True, softmax=True
+        )
+
+    def unsup_loss(self, logits: Tensor, pseudo: Tensor, confidence: Tensor) -> Tensor:
+        """Confidence-masked CE (over every pixel) + masked Dice of the strong view against the pseudo-labels.
+
+        Args:
+            logits: Logits on the strong view. Shape: ``(B, K, *S)``.
+            pseudo: Mixed pseudo-labels. Shape: ``(B, *S)``, int64.
+            confidence: Mixed confidences. Shape: ``(B, *S)``.
+        """
+        p = self.params
+        mask = (confidence >= p.threshold).float()  # (B, *S)
+        loss = logits.new_zeros((), dtype=torch.float32)
+        if p.ce_weight:
+            ce = F.cross_entropy(logits.float(), pseudo, reduction="none")  # (B, *S)
+            loss = loss + p.ce_weight * (ce * mask).sum() / mask.numel()
+        if p.dice_weight:
+            dice = self.masked_dice(logits.float(), pseudo.unsqueeze(1), mask=mask.unsqueeze(1))
+            loss = loss + p.dice_weight * dice
+        return loss
+
+    def training_step(self, batch: dict[str, Any], step: int) -> dict[str, Tensor | float]:
+        p = self.params
+        labeled = batch["labeled"]
+        x_l, y_l = labeled["image"], labeled["label"]  # (Bl, C, *S), (Bl, 1, *S)
+        if "unlabeled" not in batch:  # data.unlabeled_batch_size: 0 -> the supervised baseline
+            l_sup = self.sup_loss(self.net(x_l), y_l)
+            return {"loss": l_sup, "sup": l_sup.detach()}
+        x_u = batch["unlabeled"]["image"]  # (Bu, C, *S)
+        with torch.no_grad():
+            prob = torch.softmax(self.net(x_u).float(), dim=1)  # (Bu, K, *S)
+            conf, pseudo = prob.max(dim=1)  # (Bu, *S) each
+            withheld = batch["unlabeled"].get("label")  # train.pseudo_dice only; never a loss
+            quality = None if withheld is None else pseudo_label_dice(pseudo, withheld, self.spec.num_classes)
+            x_s, pseudo, conf = strong_view(
+                x_u,
+                pseudo,
+                conf,
+                mode=p.mix,
+                num_classes=self.spec.num_classes,
+                jitter_prob=p.jitter_prob,
+                blur_prob=p.blur_prob,
+                generator=step_generator(self.cfg.train.seed, step, x_u.device),
+            )
+        logits = self.net(torch.cat([x_l, x_s]))  # (Bl + Bu, K, *S)
+        n_lab = x_l.shape[0]
+        l_sup = self.sup_loss(logits[:n_lab], y_l)
+        l_unsup = self.unsup_loss(logits[n_lab:], pseudo, conf)
+        result = {
+            "loss": l_sup + p.unsup_weight * l_unsup,
+            "sup": l_sup.detach(),
+            "unsup": l_unsup.detach(),
+            "confident_fraction": (conf >= p.threshold).float().mean(),
+        }
+        if quality is not None:
+            result["pseudo_dice"] = quality
+        return result
+
+    def inference_network(self) -> SegNet:
+        return self.net
