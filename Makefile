@@ -25,12 +25,12 @@ demo: install
 	$(MEDCL) data check $(DEMO_DATA) --no-progress
 	$(MEDCL) data split $(DEMO_DATA) --labeled 24 --val 6 --seed 0 -o $(DEMO_OUT)/splits.json --force
 	$(MEDCL) train configs/hippocampus/demo.yaml --data $(DEMO_DATA) --splits $(DEMO_OUT)/splits.json \
-		--output $(DEMO_OUT) --set tracking.run_name=$(DEMO_RUN) --no-progress
+		--runs $(DEMO_OUT) --set tracking.run_name=$(DEMO_RUN) --no-progress
 	$(MEDCL) evaluate --model $(DEMO_OUT)/runs/$(DEMO_RUN) --data $(DEMO_DATA) --splits $(DEMO_OUT)/splits.json \
-		--subset val --output $(DEMO_OUT) -o $(DEMO_OUT)/evaluations/$(DEMO_RUN)/summary.json --no-progress
+		--subset val --runs $(DEMO_OUT) -o $(DEMO_OUT)/evaluations/$(DEMO_RUN)/summary.json --no-progress
 	@echo
 	@echo "Runs, checkpoints and the MLflow store (sqlite) are in $(abspath $(DEMO_OUT))"
-	@echo "Review them in the MLflow UI:  $(MEDCL) ui --output $(DEMO_OUT)   (http://127.0.0.1:5000)"
+	@echo "Review them in the MLflow UI:  $(MEDCL) ui --runs $(DEMO_OUT)   (http://127.0.0.1:5000)"
 
 test: install
 	$(VENV)/bin/pytest -q

@@ -241,7 +241,7 @@ def ddp_check(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     cmd = [
         sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n}", "-m", "medcl.cli", "train",
         str(REPO / "configs/acdc/supervised.yaml"), "--data", str(data), "--splits", str(splits_for(data, out)),
-        "--output", str(out / "ddp"), "--steps", "50", "--no-progress",
+        "--runs", str(out / "ddp"), "--steps", "50", "--no-progress",
         "--set", "tracking.enabled=false", "--set", "val.every=50", "--set", "val.max_cases=1",
         "--set", f"data.num_workers={args.workers}",
     ]  # fmt: skip

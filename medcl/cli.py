@@ -1,4 +1,5 @@
-"""The ``medcl`` command line: ``data check|split``, ``train``, ``infer``, ``evaluate``, ``run``, ``ui``.
+"""The ``medcl`` command line: ``data check|split``, ``train``, ``infer``, ``export``, ``evaluate``, ``suggest``,
+``run``, ``ui``.
 
 Errors caused by input (files, config keys) print one readable message and exit 1; ``--debug`` shows the
 traceback. Nothing here is imported by the library below it.
@@ -17,7 +18,7 @@ from medcl.errors import MedclError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from medcl.commands import data, evaluate, infer, run, train, ui
+    from medcl.commands import config, data, evaluate, export, infer, run, suggest, train, ui
 
     parser = argparse.ArgumentParser(
         prog="medcl",
@@ -27,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for module in (data, train, infer, evaluate, run, ui):
+    for module in (data, train, infer, evaluate, export, suggest, run, ui, config):
         module.add_parser(sub)
     return parser
 

@@ -1,7 +1,8 @@
 """Typed, validated configuration.
 
 A run is described by one YAML file (``configs/<dataset>/<method>.yaml``), dot-path overrides from the
-command line (``--set optim.lr=3e-4``) and the common flags (``--steps``, ``--seed``, ...). Everything is
+command line (``--set optim.lr=3e-4``) and the common flags (``--steps``, ``--seed``, ...). A file may start
+from another with ``extends: <config>`` and override its keys (:func:`read_config_chain`). Everything is
 validated before any work starts: an unknown key fails with its dotted name and the keys allowed at that
 level, an ill-typed value with the expected type and the value given.
 
@@ -20,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medcl.errors import ConfigError
+from medcl.schedules import StepCount
 
 #: Rule for names that become folder names (workflow, stage and run names): a letter, then letters, digits,
 #: '_' or '-'. No '/', '..' or absolute path gets through, so the folder stays where medcl puts it.
@@ -56,8 +58,17 @@ class DataConfig(Section):
         None, description="Dataset folder (MSD/nnU-Net layout); usually given with --data."
     )
     splits: str | None = Field(None, description="splits.json; usually given with --splits.")
-    unlabeled_dir: str | None = Field(
-        None, description="Extra folder of unlabeled images (besides imagesTs/)."
+    unlabeled_dir: str | list[str] | None = Field(
+        None,
+        description="Extra folder(s) of unlabeled images beside data.path (besides imagesTs/), searched "
+        "recursively, DICOM series folders included; --unlabeled DIR. Used by the methods with an unlabeled "
+        "stream (mcsc, actionpp, pretraining).",
+    )
+    images: list[str] | None = Field(
+        None,
+        description="Folders of unlabeled images with no dataset.json and no labels, searched recursively "
+        "(DICOM series folders included), instead of data.path: label-free pretraining only (--images DIR); "
+        "needs data.modality ct or mri.",
     )
     labeled: int | None = Field(
         None,
@@ -79,7 +90,10 @@ class DataConfig(Section):
         None, description="Resample to this voxel spacing (mm); null keeps it."
     )
     modality: Literal["auto", "mri", "ct"] = Field(
-        "auto", description="Intensity normalisation; auto reads dataset.json (CT if a channel is named CT)."
+        "auto",
+        description="Intensity normalisation (--modality): ct clips to data.ct_window and scales to [0, 1]; "
+        "mri clips to data.percentiles and z-scores each volume; auto reads dataset.json (CT if a channel is "
+        "named CT). Fine-tuning (--init) refuses a pretrained run of the other modality.",
     )
     percentiles: tuple[float, float] = Field(
         (0.5, 99.5), description="MRI: clip to these percentiles, then z-score."
@@ -110,6 +124,8 @@ class DataConfig(Section):
             raise ValueError(f"data.patch_size must be positive, got {self.patch_size}")
         if self.spacing is not None and len(self.spacing) != 3:
             raise ValueError(f"data.spacing needs 3 values (mm) for 3D volumes, got {self.spacing}")
+        if self.images is not None and not self.images:
+            raise ValueError("data.images is an empty list; give at least one folder (--images DIR) or null")
         return self
 
 
@@ -142,7 +158,11 @@ class OptimConfig(Section):
     nesterov: bool = Field(True, description="SGD Nesterov momentum.")
     schedule: Literal["poly", "cosine", "constant"] = Field("poly", description="LR decay over train.steps.")
     poly_power: float = Field(0.9, gt=0, description="Exponent of the poly schedule.")
-    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps before the schedule.")
+    warmup_steps: StepCount = Field(
+        0,
+        description="Linear LR warm-up before the schedule: an integer is steps, a decimal in [0, 1] a fraction "
+        "of train.steps (0.05 = 5%, scales with --steps); 0: none.",
+    )
     grad_clip: float | None = Field(12.0, gt=0, description="Clip the global gradient norm; null disables.")
 
 
@@ -161,6 +181,12 @@ class TrainConfig(Section):
         None, description="Deprecated: use train.precision (amp: false means precision: fp32)."
     )
     log_every: int = Field(10, ge=1, description="Log train/* metrics every N steps.")
+    pseudo_dice: bool = Field(
+        True,
+        description="When every unlabeled training case has a label file (e.g. the labeled cases left over by "
+        "a split), load those labels beside the images and log train/pseudo_dice, the Dice of the method's "
+        "pseudo-labels against them. A diagnostic only: no loss ever reads them.",
+    )
     checkpoint_every: int = Field(
         100, ge=1, description="Write last.pt every N steps (what --resume restarts from)."
     )
@@ -299,9 +325,8 @@ def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file into a dict, with a clear error for a missing or malformed file."""
-    path = Path(path)
+def _read_mapping(path: Path) -> dict[str, Any]:
+    """One YAML file as a dict, with a clear error for a missing or malformed file (no ``extends``)."""
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
@@ -311,6 +336,101 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
     return data
+
+
+def resolve_extends(value: Any, child: Path) -> Path:
+    """The file an ``extends:`` value names: a path relative to the extending file, else a shipped name.
+
+    Args:
+        value: The value of ``extends`` (``supervised.yaml``, ``../cpu/mcsc.yaml``, ``hippocampus/supervised``).
+        child: The file that holds it.
+
+    Raises:
+        ConfigError: ``value`` is not a non-empty string, or names neither a file nor a shipped config.
+    """
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(
+            f"config file {child}: 'extends' must name one config (a path relative to this file, or a shipped "
+            f"name such as hippocampus/supervised), got {value!r}"
+        )
+    candidate = child.parent / Path(value.strip()).expanduser()  # an absolute path stays absolute
+    if candidate.is_file():
+        return candidate
+    from medcl.shipped import shipped_path
+
+    try:
+        return shipped_path("configs", value.strip())
+    except ConfigError:
+        raise ConfigError(
+            f"config file {child} extends {value!r}, which is neither a file (looked for {candidate}) nor a "
+            "shipped config name (`medcl config list` shows them)"
+        ) from None
+
+
+def merge_configs(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    """``child`` deep-merged over ``base``: the child's keys win, sections merge key by key, lists are replaced.
+
+    One exception: a child whose ``method.name`` differs from the base's replaces the whole ``method``
+    section, since the base's method parameters belong to another method.
+    """
+    base_method, child_method = base.get("method"), child.get("method")
+    other_method = (
+        isinstance(base_method, dict)
+        and isinstance(child_method, dict)
+        and "name" in child_method
+        and child_method["name"] != base_method.get("name")
+    )
+    if other_method:
+        base = {**base, "method": {}}
+    return _deep_merge(base, child)
+
+
+def _deep_merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in child.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def read_config_chain(path: str | Path) -> tuple[dict[str, Any], list[Path]]:
+    """A config file with its ``extends`` chain resolved, and the chain (the file first, its root last).
+
+    A file may say ``extends: <config>`` (see :func:`resolve_extends`); that config is read first (itself
+    perhaps extending another) and the file's own keys are merged over it (:func:`merge_configs`).
+
+    Raises:
+        ConfigError: A file of the chain is missing or malformed, a parent cannot be found, or the chain
+            comes back to a file it already holds (the message lists the cycle).
+    """
+    chain: list[Path] = []
+    layers: list[dict[str, Any]] = []
+    current: Path | None = Path(path)
+    while current is not None:
+        if any(current.resolve() == seen.resolve() for seen in chain):
+            cycle = " -> ".join(str(p) for p in [*chain, current])
+            raise ConfigError(f"config 'extends' forms a cycle: {cycle}")
+        data = _read_mapping(current)
+        chain.append(current)
+        parent = data.pop("extends", None)
+        layers.append(data)
+        current = resolve_extends(parent, current) if parent is not None else None
+    merged: dict[str, Any] = {}
+    for layer in reversed(layers):
+        merged = merge_configs(merged, layer)
+    return merged, chain
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file into a dict, its ``extends`` chain resolved (:func:`read_config_chain`)."""
+    return read_config_chain(path)[0]
+
+
+def chain_source(chain: list[Path]) -> str:
+    """``a.yaml`` or ``a.yaml, extending b.yaml, extending c.yaml``: where a config's values came from."""
+    return ", extending ".join(str(p) for p in chain)
 
 
 def build_config(
@@ -355,8 +475,9 @@ def validate_method_section(section: dict[str, Any], where: str = "") -> dict[st
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read, override and validate a YAML config file."""
-    return build_config(read_yaml(path), overrides, source=str(path))
+    """Read (``extends`` resolved), override and validate a YAML config file."""
+    raw, chain = read_config_chain(path)
+    return build_config(raw, overrides, source=chain_source(chain))
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -372,7 +493,7 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def describe(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(key, default, description) rows for every config key; used by the reference table in docs/configuration.md."""
+    """(key, default, description) rows for every config key (docs/configuration.md's table: medcl.docs_gen)."""
     rows: list[tuple[str, str, str]] = []
     for name, field in model.model_fields.items():
         ann = field.annotation

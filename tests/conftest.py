@@ -20,6 +20,20 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _medcl_state_dir(tmp_path_factory: pytest.TempPathFactory):
+    """The list of remembered MLflow stores (medcl.tracking.stores) lives in a temporary folder, not in ~."""
+    import os
+
+    before = os.environ.get("MEDCL_STATE_DIR")
+    os.environ["MEDCL_STATE_DIR"] = str(tmp_path_factory.mktemp("medcl_state"))
+    yield
+    if before is None:
+        os.environ.pop("MEDCL_STATE_DIR", None)
+    else:
+        os.environ["MEDCL_STATE_DIR"] = before
+
+
 @pytest.fixture(autouse=True)
 def _isolate_mlflow_uri():
     """``mlflow.set_tracking_uri`` exports MLFLOW_TRACKING_URI; keep one test's store out of the next."""
@@ -144,3 +158,79 @@ def trained_run(hippocampus: Path, tmp_path_factory: pytest.TempPathFactory, _mi
     )
     result = train(cfg, progress=False)
     return result, out, ids[15:18]
+
+
+@pytest.fixture
+def tiny_checkpoint():
+    """Factory: an untrained tiny Hippocampus model of a method, saved as a medcl checkpoint.
+
+    ``tiny_checkpoint(path, method="supervised", extra=[], run_id=None)``: ``extra`` are config overrides,
+    ``run_id`` is stored as the MLflow run that "trained" it. Fast stand-in for a trained model wherever only
+    probabilities are needed (uncertainty maps, ``medcl suggest``).
+    """
+    import torch
+
+    from medcl.config import build_config
+    from medcl.engine.checkpoint import save_checkpoint
+    from medcl.methods import DataSpec, build_method
+
+    spec = DataSpec(1, 3, ("background", "Anterior", "Posterior"), 2, (64, 64))
+
+    def make(
+        path: Path, method: str = "supervised", extra: list[str] = (), run_id: str | None = None
+    ) -> Path:
+        overrides = ["model.features=[4, 4, 8, 8, 16, 4]", f"output={path.parent}", *extra]
+        cfg = build_config({"method": {"name": method}}, overrides)
+        torch.manual_seed(0)
+        model = build_method(cfg, spec)
+        data_spec = {
+            **spec.__dict__,
+            "class_names": list(spec.class_names),
+            "patch_size": list(spec.patch_size),
+        }
+        state = {"config": cfg.model_dump(mode="json"), "data_spec": data_spec, "model": model.state_dict()}
+        state["step"] = 0
+        if run_id:
+            state["mlflow_run_id"] = run_id
+        return save_checkpoint(state, path)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_logged_model(hippocampus: Path, tmp_path_factory: pytest.TempPathFactory, _migrated_mlflow_db: Path):
+    """A tiny supervised model trained for 4 steps, with its MLflow model logged (export and pyfunc tests).
+
+    Returns the ``TrainResult``; the store is ``result.run_dir.parent.parent / "mlflow.db"``. The weights are
+    far from converged, which does not matter to tests that compare two ways of running the same network.
+    """
+    import json
+    import shutil
+
+    from medcl.config import build_config
+    from medcl.engine.run import train
+
+    out = tmp_path_factory.mktemp("tiny")
+    shutil.copy(_migrated_mlflow_db, out / "mlflow.db")
+    ids = sorted(p.name.removesuffix(".nii.gz") for p in (hippocampus / "imagesTr").glob("*.nii.gz"))
+    splits = out / "splits.json"
+    splits.write_text(json.dumps({"labeled": ids[:3], "val": ids[3:4], "test": [], "unlabeled": []}))
+    overrides = ["model.features=[8, 8, 16, 32, 64, 8]", "data.batch_size=4", "data.num_workers=0"]
+    overrides += ["train.steps=4", "val.every=4", "tracking.log_model=true", "tracking.run_name=tiny"]
+    cfg = build_config(
+        {"method": {"name": "supervised"}},
+        [f"data.path={hippocampus}", f"data.splits={splits}", f"output={out}", *overrides],
+    )
+    return train(cfg, progress=False)
+
+
+@pytest.fixture(autouse=True)
+def _grad_mode_is_restored():
+    """A test (or code it calls in-process, e.g. a MONAI bundle) must not leave autograd switched off."""
+    import sys
+
+    yield
+    torch = sys.modules.get("torch")  # not imported here: some tests check what a command imports
+    if torch is not None and not torch.is_grad_enabled():
+        torch.set_grad_enabled(True)
+        pytest.fail("autograd was left disabled by this test")

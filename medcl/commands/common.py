@@ -3,21 +3,58 @@
 from __future__ import annotations
 
 import argparse
+import json
+from typing import TYPE_CHECKING
 
-from medcl.config import Config, load_config
+from medcl.commands.flags import add_runs_flag
+
+if TYPE_CHECKING:  # pydantic is imported when a config is read, not for `medcl --help`
+    from medcl.config import Config
+
+SPLITS_HELP = "splits.json from `medcl data split` -> data.splits (default: seeded 80/20)"
 
 
-def add_training_flags(p: argparse.ArgumentParser) -> None:
-    """The common knobs; each one is a shortcut for a config key (``--set`` reaches any other)."""
-    p.add_argument("config", help="YAML config, e.g. configs/hippocampus/supervised.yaml")
+def add_training_flags(
+    p: argparse.ArgumentParser,
+    example: str = "configs/hippocampus/supervised.yaml",
+    splits_help: str = SPLITS_HELP,
+) -> None:
+    """The common knobs; each one is a shortcut for a config key (``--set`` reaches any other).
+
+    Args:
+        p: The subcommand's parser.
+        example: A config the command accepts, shown in the help of CONFIG.
+        splits_help: What ``--splits`` does for this command (pretraining reads other subsets than training).
+    """
+    p.add_argument(
+        "config", help=f"YAML config (a file, or a shipped name from `medcl config list`), e.g. {example}"
+    )
     p.add_argument("--data", metavar="DIR", help="dataset folder (MSD/nnU-Net layout) -> data.path")
     p.add_argument(
         "--splits",
         metavar="JSON",
-        help="splits.json from `medcl data split` -> data.splits (default: seeded 80/20)",
+        help=splits_help,
     )
     p.add_argument(
-        "--init", metavar="CKPT|RUN", help="initialise weights from a checkpoint, run id or runs:/ URI"
+        "--unlabeled",
+        action="append",
+        metavar="DIR",
+        help="extra folder of unlabeled images beside --data (searched recursively, DICOM series folders "
+        "included; repeatable) for the methods that train on unlabeled images (mcsc, actionpp, pretraining) "
+        "-> data.unlabeled_dir",
+    )
+    p.add_argument(
+        "--modality",
+        choices=["ct", "mri", "auto"],
+        help="intensity normalisation -> data.modality: ct clips to the HU window data.ct_window and scales "
+        "to [0, 1], mri z-scores each volume; auto (default) reads dataset.json. Needed with --images; "
+        "fine-tuning must use the modality its --init run used",
+    )
+    p.add_argument(
+        "--init",
+        metavar="CKPT|RUN",
+        help="initialise weights from a checkpoint, a run folder, a run id or a runs:/ URI of any run, "
+        "pretraining (its last.pt) or segmenting (its best.pt)",
     )
     p.add_argument(
         "--labeled",
@@ -30,12 +67,12 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
         "--steps", type=int, help="total optimiser steps -> train.steps (raise for better accuracy)"
     )
     p.add_argument("--seed", type=int, help="random seed -> train.seed (repeat runs with 2-3 seeds)")
-    p.add_argument(
-        "--output", metavar="DIR", help="folder for runs, checkpoints and the MLflow store -> output"
+    add_runs_flag(
+        p,
+        "runs folder: run folders, checkpoints and the MLflow store DIR/mlflow.db -> output "
+        "(default medcl_runs; --output is its old spelling)",
     )
-    p.add_argument(
-        "--tracking-uri", metavar="URI", help="MLflow tracking URI (default: sqlite under --output)"
-    )
+    p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (default: sqlite under --runs)")
     p.add_argument(
         "--device", choices=["auto", "cpu", "cuda"], help="-> train.device (auto: CUDA if present)"
     )
@@ -68,11 +105,33 @@ def config_from_args(args: argparse.Namespace) -> Config:
         ("labeled", "data.labeled"),
         ("steps", "train.steps"),
         ("seed", "train.seed"),
-        ("output", "output"),
+        ("runs", "output"),
         ("tracking_uri", "tracking.uri"),
         ("device", "train.device"),
+        ("modality", "data.modality"),
     ):
         value = getattr(args, flag, None)
         if value is not None:
             overrides.append(f"{key}={value}")
-    return load_config(args.config, overrides)
+    # Folder lists as JSON (valid YAML), so a path with ',', ':' or spaces stays one string.
+    if getattr(args, "images", None):
+        overrides.append(f"data.images={json.dumps(args.images)}")
+    if getattr(args, "unlabeled", None):
+        dirs = args.unlabeled
+        overrides.append(f"data.unlabeled_dir={json.dumps(dirs[0] if len(dirs) == 1 else dirs)}")
+    from medcl.config import load_config
+    from medcl.shipped import find_file
+
+    return load_config(find_file("configs", args.config), overrides)  # a file, else a shipped config
+
+
+def add_images_flag(p: argparse.ArgumentParser) -> None:
+    """``--images DIR``: train on folders of unlabeled images instead of a dataset (label-free pretraining)."""
+    p.add_argument(
+        "--images",
+        action="append",
+        metavar="DIR",
+        help="folder of unlabeled images instead of --data: no dataset.json, no labels; searched recursively "
+        "for NIfTI/NRRD/MetaImage files and DICOM series folders (repeatable). Needs --modality ct|mri "
+        "-> data.images",
+    )

@@ -31,7 +31,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "unknown label values, image/label shape or spacing mismatch) and warnings (orientation, anisotropy, "
         f"empty labels). Exit status 1 if any error is found. {_LAYOUT}",
     )
-    check.add_argument("dir", metavar="DIR", help="the dataset folder to check")
+    check.add_argument("dir", metavar="DIR", nargs="?", help="the dataset folder to check")
+    check.add_argument(
+        "--images",
+        action="append",
+        metavar="IMG_DIR",
+        help="check a folder of unlabeled images instead of a dataset (no dataset.json, no label checks; "
+        "searched recursively, DICOM series folders included; repeatable): what `medcl pretrain --images` reads",
+    )
     _add_unlabeled_dir(check)
     check.add_argument(
         "--no-progress",
@@ -136,13 +143,34 @@ def run_check(args: argparse.Namespace) -> int:
     from medcl.data.dataset import load_dataset, refuse_writing_inside
     from medcl.data.validate import check_dataset, format_report, write_report_json
 
+    images = getattr(args, "images", None)
+    if images and (args.dir or args.unlabeled_dir):
+        raise DataError(
+            "give either DIR (a dataset; extra unlabeled folders with --unlabeled-dir) or --images IMG_DIR "
+            "(folders of unlabeled images), not both"
+        )
+    if not images and not args.dir:
+        raise DataError(
+            "give the dataset folder DIR to check, or --images IMG_DIR for a folder of unlabeled images"
+        )
     # Files that cannot be opened (a symbolic link loop) are reported in the table, not as one error.
-    info = load_dataset(args.dir, unlabeled_dir=args.unlabeled_dir, keep_unreadable=True)
+    if images:
+        from medcl.data.image_folder import load_image_folders
+
+        info = load_image_folders(images, keep_unreadable=True)
+    else:
+        info = load_dataset(args.dir, unlabeled_dir=args.unlabeled_dir, keep_unreadable=True)
+    for folder in info.image_folders if args.json else []:
+        refuse_writing_inside(folder, args.json, "--json")
     if args.json:
         refuse_writing_inside(info.root, args.json, "--json")
     workers = getattr(args, "workers", 1)
     reports = check_dataset(info, progress=not args.no_progress, workers=workers)
     print(format_report(reports, info))
+    if info.skipped:
+        shown = ", ".join(str(p) for p in info.skipped[:3])
+        more = ", ..." if len(info.skipped) > 3 else ""
+        print(f"{len(info.skipped)} file(s) skipped, not images: {shown}{more}")
     if args.json:
         write_report_json(reports, info, args.json)
         print(f"report written to {args.json}")

@@ -14,10 +14,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from medcl.commands.flags import add_runs_flag
 from medcl.errors import ConfigError, DataError
 
 _FOLDER_FLAGS = ("pred", "gt", "labels")
-_MODEL_FLAGS = ("model", "data", "splits", "subset", "device", "tracking_uri")
+_MODEL_FLAGS = ("model", "data", "splits", "subset", "device", "tracking_uri", "runs")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -32,8 +33,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Score segmentations on whole 3D volumes. Folder mode: --pred DIR --gt DIR [--labels "
         "dataset.json] pairs files by case id. Model mode: --model MODEL --data DATASET --splits splits.json "
         "--subset test|val predicts the cases and logs the scores to a new MLflow run (experiment "
-        "'evaluation'). Cases that cannot be scored (missing or extra prediction, shape or geometry mismatch, "
-        "unknown label values, unreadable file) are listed in the summary and make the exit status 1.",
+        "'evaluation'). Folder mode scores the predicted cases, as nnU-Net's evaluate_folder: references "
+        "without a prediction are named in a warning. Cases that cannot be scored (a prediction without "
+        "reference, shape or geometry mismatch, unknown label values, unreadable file) are listed in the "
+        "summary and make the exit status 1.",
     )
     folders = p.add_argument_group("folder mode")
     folders.add_argument("--pred", metavar="DIR", help="folder of predicted label maps (CASE.nii.gz, ...)")
@@ -63,15 +66,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         choices=["test", "val"],
         help="which cases of the splits to evaluate; report 'test' once the model is chosen on 'val'",
     )
-    model.add_argument(
-        "--output",
-        metavar="DIR",
-        default="medcl_runs",
-        help="runs folder holding the MLflow store (default medcl_runs, as for `medcl train`); the summary "
-        "goes to DIR/evaluations/<subset>-<timestamp>/ unless -o is given",
+    add_runs_flag(
+        model,
+        "runs folder whose MLflow store gets the evaluation run (default: the store the model came from, "
+        "else medcl_runs); the summary goes to DIR/evaluations/<subset>-<timestamp>/ unless -o is given",
     )
     model.add_argument(
-        "--tracking-uri", metavar="URI", help="MLflow tracking URI (default: sqlite under --output)"
+        "--tracking-uri", metavar="URI", help="MLflow tracking URI (default: sqlite under --runs)"
     )
     model.add_argument(
         "--device",
@@ -106,7 +107,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--summary",
         metavar="JSON",
         help="summary file; the CSV goes beside it with the same name (default: folder mode prints only, model "
-        "mode writes under --output)",
+        "mode writes under --runs)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing summary JSON/CSV")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs of batch jobs)")
@@ -181,24 +182,32 @@ def _run_model(args: argparse.Namespace) -> int:
     ids = getattr(splits, args.subset)
     if not ids:
         raise DataError(f"Splits file {splits.path} has no {args.subset!r} cases; choose the other --subset.")
-    output = Path(args.output).expanduser()
-    refuse_writing_inside(info.root, output, "--output")
+    if args.runs is not None:
+        refuse_writing_inside(info.root, Path(args.runs).expanduser(), "--runs")
     if args.summary:
         refuse_writing_inside(info.root, args.summary, "-o")
+
+    from medcl.inference.predictor import Predictor
+    from medcl.tracking.stores import find_checkpoint
+
+    checkpoint, model_store = find_checkpoint(args.model, args.tracking_uri, args.runs)
+    from medcl.tracking.lineage import model_lineage
+
+    lineage = model_lineage(args.model, checkpoint, model_store)  # the training run and logged model
+    store, output = _evaluation_store(args, model_store)
+    if args.summary:
         summary_path = Path(args.summary)
     else:
+        refuse_writing_inside(info.root, output, "--runs")
         stamp = time.strftime("%Y%m%d-%H%M%S")
         summary_path = output / "evaluations" / f"{args.subset}-{stamp}" / "summary.json"
     check_output(summary_path, overwrite=args.overwrite)
-
-    from medcl.inference.predictor import Predictor
-
     predictor = Predictor.load(
-        args.model,
+        str(checkpoint),
         device=args.device,
         precision=args.precision,
         tracking_uri=args.tracking_uri,
-        output=str(output),
+        output=str(args.runs or output),
     )
     names = list(predictor.class_names)
     if len(names) != info.num_classes:
@@ -211,9 +220,10 @@ def _run_model(args: argparse.Namespace) -> int:
             f"note: the model's class names {names} differ from the dataset's {info.class_names}; "
             "classes are matched by value and named as in the dataset"
         )
+    cases = [info.case(case_id) for case_id in ids]
     summary = evaluate_predictor(
         predictor,
-        [info.case(case_id) for case_id in ids],
+        cases,
         info.labels,
         args.spacing,
         args.empty_policy,
@@ -225,27 +235,96 @@ def _run_model(args: argparse.Namespace) -> int:
     _report(summary)
     json_path, csv_path = summary.write(summary_path, overwrite=args.overwrite)
     print(f"summary written to {json_path} and {csv_path}")
-    run_id = _log_mlflow(args, summary, json_path, csv_path)
-    print(f"MLflow run {run_id} (experiment 'evaluation')")
+    if store is None:
+        print("not logged to MLflow: no store holds the model; pass --runs DIR or --tracking-uri to log it")
+    else:
+        linked = dict(lineage) if store[0] == model_store else {}  # ids only mean something in their store
+        if lineage and not linked:
+            linked = {f"{k}_elsewhere": v for k, v in lineage.items()}
+        run_id = _log_mlflow(args, store, summary, json_path, csv_path, linked, (info, cases))
+        print(f"MLflow run {run_id} (experiment 'evaluation') in {store[0]}")
     return 1 if summary.problems else 0
 
 
-def _log_mlflow(args: argparse.Namespace, summary: Any, json_path: Path, csv_path: Path) -> str:
-    """A new run in experiment ``evaluation``: tags, settings as params, ``<subset>/...`` metrics, the files."""
-    from medcl.tracking.mlflow_tracking import MlflowTracker, resolve_store
+def _evaluation_store(
+    args: argparse.Namespace, model_store: str | None
+) -> tuple[tuple[str, str | None] | None, Path]:
+    """The store that gets the evaluation run (None: log nowhere) and the runs folder for the summary.
 
-    uri, artifact_root = resolve_store(args.tracking_uri, args.output)
+    A store the user named (``--tracking-uri``, ``MLFLOW_TRACKING_URI``, ``--runs``) may be created; otherwise
+    the run goes to the store the model came from, or to an existing ``./medcl_runs`` store, never to a new
+    one: an evaluation from another folder must not leave a stray store behind.
+    """
+    import os
+
+    from medcl.commands.flags import RUNS_DEFAULT
+    from medcl.tracking.mlflow_tracking import resolve_store
+
+    named = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or args.runs
+    runs = Path(args.runs or RUNS_DEFAULT).expanduser()
+    if named:
+        uri, root = resolve_store(args.tracking_uri, runs)
+    elif model_store:
+        uri, root = model_store, None
+        if uri.startswith("sqlite:///"):
+            db = Path(uri.removeprefix("sqlite:///"))
+            runs, root = db.parent, str(db.parent / "mlartifacts")
+    elif (runs / "mlflow.db").is_file():
+        uri, root = resolve_store(None, runs, create=False)
+    else:
+        return None, runs
+    if uri.startswith("sqlite:///"):
+        runs = Path(uri.removeprefix("sqlite:///")).parent
+    return (uri, root), runs
+
+
+def _log_mlflow(
+    args: argparse.Namespace,
+    store: tuple[str, str | None],
+    summary: Any,
+    json_path: Path,
+    csv_path: Path,
+    lineage: dict[str, str] | None = None,
+    data: tuple[Any, list[Any]] | None = None,
+) -> str:
+    """A new run in experiment ``evaluation``: tags, settings as params, ``<subset>/...`` metrics, the files.
+
+    Lineage (MLflow 3): ``lineage`` names the training run and logged model that were scored, when they are in
+    this store (``run_id``, ``model_id``; ``*_elsewhere`` when they are in another store). The run is tagged
+    with both (``medcl.source_run_id``, ``medcl.source_model_id``), takes the logged model as an input
+    (``mlflow.log_input(model=...)``) and logs its metrics with ``model_id``, so they appear on the model's
+    page beside the training run's; the scored cases (``data``: dataset and cases) are a dataset input
+    (context ``testing`` or ``validation``) whose digest the metrics also carry.
+    """
+    from medcl.tracking.lineage import case_files, code_tags
+    from medcl.tracking.mlflow_tracking import MlflowTracker
+
+    lineage = lineage or {}
+    uri, artifact_root = store
     tracker = MlflowTracker(uri, artifact_root, "evaluation")
     prefix = args.subset
+    source_tags = {f"medcl.source_{key}": value for key, value in lineage.items()}
     run_id = tracker.start(
         run_name=f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}",
         tags={
             "medcl.model": args.model,
             "medcl.subset": prefix,
             "medcl.problems": str(len(summary.problems)),
+            **source_tags,
+            **code_tags(),
         },
     )
     try:
+        dataset = None
+        if data is not None:
+            info, cases = data
+            # The val cases digest as the training run's validation input did.
+            context = {"test": "testing", "val": "validation"}.get(prefix, prefix)
+            inputs = [(context, case_files(cases), len(cases))]
+            dataset = tracker.log_datasets(info.name, info.root, inputs).get(inputs[0][0])
+        model_id = lineage.get("model_id")
+        if model_id:
+            tracker.log_model_input(model_id)
         tracker.log_params(
             {
                 "model": args.model,
@@ -268,7 +347,7 @@ def _log_mlflow(args: argparse.Namespace, summary: Any, json_path: Path, csv_pat
         for metric in ("dice", "hd95", "asd"):
             if fg[metric] is not None:
                 metrics[f"{prefix}/{metric}_mean"] = fg[metric]
-        tracker.log_metrics(metrics, step=0)
+        tracker.log_metrics(metrics, step=0, model_id=model_id, dataset=dataset)
         tracker.log_artifact(json_path)
         tracker.log_artifact(csv_path)
     except BaseException:
@@ -280,6 +359,8 @@ def _log_mlflow(args: argparse.Namespace, summary: Any, json_path: Path, csv_pat
 
 def _report(summary: Any) -> None:
     print(summary.format_table())
+    if summary.not_predicted:
+        print(summary.format_not_predicted())
     problems = summary.format_problems()
     if problems:
         print()

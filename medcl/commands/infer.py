@@ -6,13 +6,19 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
-from tqdm.auto import tqdm
-
 from medcl.errors import MedclError
-from medcl.inference.inputs import InputCase, collect_inputs, output_path
 
-__all__ = ["InputCase", "add_parser", "collect_inputs", "output_path", "run"]  # inputs re-exported
+__all__ = ["InputCase", "add_parser", "collect_inputs", "output_path", "run"]  # noqa: F822 (lazy, below)
+
+
+def __getattr__(name: str):
+    """The re-exported names of :mod:`medcl.inference.inputs`, imported on first use: importing it pulls in
+    torch and MONAI, which `medcl --help` must not wait for."""
+    if name in ("InputCase", "collect_inputs", "output_path"):
+        from medcl.inference import inputs
+
+        return getattr(inputs, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -28,13 +34,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="checkpoint file, run folder, MLflow run id, runs:/<id>/<path> or models:/<name>@<alias>",
     )
     p.add_argument(
+        "-i",
         "--input",
         required=True,
         nargs="+",
         metavar="PATH",
         help="image file(s), a folder of images, a DICOM series folder, or a .txt list of paths",
     )
-    p.add_argument("--output", required=True, metavar="DIR", help="folder for the masks (created if needed)")
+    p.add_argument(
+        "-o", "--output", required=True, metavar="DIR", help="folder for the masks (created if needed)"
+    )
     p.add_argument(
         "--tta",
         action="store_true",
@@ -45,6 +54,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--save-probabilities", action="store_true", help="also write <case>_probabilities.npz (K,X,Y,Z)"
+    )
+    p.add_argument(
+        "--uncertainty",
+        action="store_true",
+        help="also write <case>_uncertainty (float32, same grid and geometry as the mask): normalised softmax "
+        "entropy in [0, 1], or with --tta the variance over the flips; high values mark voxels to check",
     )
     p.add_argument(
         "--format",
@@ -75,14 +90,31 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="allow --output to be a folder that holds inputs (refused by default)",
     )
     p.add_argument("--tracking-uri", help="MLflow store for run ids / URIs (default: sqlite under --runs)")
-    p.add_argument("--runs", default="medcl_runs", metavar="DIR", help="the --output folder training used")
+    p.add_argument(
+        "--runs",
+        metavar="DIR",
+        help="the runs folder training used, searched first for run ids and models:/ URIs (default "
+        "medcl_runs; then every store medcl has written to)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
+def uncertainty_path(mask: Path) -> Path:
+    """``<case>_uncertainty<suffix>`` beside the mask ``<case><suffix>``, in the mask's format."""
+    from medcl.inference.predictor import image_suffix
+
+    suffix = image_suffix(mask)
+    return mask.with_name(mask.name[: len(mask.name) - len(suffix)] + "_uncertainty" + suffix)
+
+
 def run(args: argparse.Namespace) -> int:
+    import numpy as np
+    from tqdm.auto import tqdm
+
     from medcl.data.dataset import dataset_roots_of, refuse_writing_inside
-    from medcl.inference.predictor import Predictor, write_labels
+    from medcl.inference.inputs import collect_inputs, output_path
+    from medcl.inference.predictor import Predictor, write_labels, write_map
 
     out_dir = Path(args.output).expanduser().resolve()
     cases = collect_inputs(args.input)  # bad input lists fail before the model loads
@@ -113,10 +145,19 @@ def run(args: argparse.Namespace) -> int:
             if any(target.resolve() == p.resolve() for p in case.paths):
                 raise MedclError(f"{target} would overwrite its own input")
             start = time.perf_counter()
+            unc_target = uncertainty_path(target) if args.uncertainty else None
+            if unc_target is not None and unc_target.exists() and not args.overwrite:
+                raise MedclError(f"{unc_target} exists; pass --overwrite to replace it")
             seg = predictor.segment(
-                case.paths, tta=args.tta, postprocess=args.postprocess, probabilities=args.save_probabilities
+                case.paths,
+                tta=args.tta,
+                postprocess=args.postprocess,
+                probabilities=args.save_probabilities,
+                uncertainty=args.uncertainty,
             )
             write_labels(seg.labels, case.paths[0], target)
+            if unc_target is not None and seg.uncertainty is not None:
+                write_map(seg.uncertainty, case.paths[0], unc_target)
             if seg.probabilities is not None:
                 np.savez_compressed(
                     out_dir / f"{case.name}_probabilities.npz",

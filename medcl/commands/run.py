@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from medcl.commands.flags import add_runs_flag
+from medcl.errors import ConfigError
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Add ``run`` to the top-level parser.
@@ -19,7 +22,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "run per stage; each stage can use the outputs of earlier ones (${stages.NAME.KEY}). A failed stage "
         "stops the workflow; fix the cause and continue with --resume, which skips the finished stages.",
     )
-    p.add_argument("workflow", metavar="WORKFLOW", help="workflow YAML, e.g. workflows/demo.yaml")
+    p.add_argument(
+        "workflow",
+        metavar="WORKFLOW",
+        help="workflow YAML (its relative paths are relative to it), or a shipped name, e.g. demo",
+    )
     p.add_argument(
         "--set",
         dest="overrides",
@@ -34,12 +41,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="continue the last run of this workflow (same parent run) at its first unfinished stage",
     )
-    p.add_argument("--output", metavar="DIR", help="runs, MLflow store and workflow state -> output")
+    add_runs_flag(p, "runs folder: run folders, MLflow store and workflow state -> output")
     p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI -> tracking_uri")
     p.add_argument(
         "--check",
         action="store_true",
-        help="validate the file and its references and print the stages, without running anything",
+        help="validate the file, its references and its data folders and print the stages, without running "
+        "anything (exit status 1 when a data folder is missing)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs of batch jobs)")
     p.set_defaults(func=run)
@@ -55,16 +63,36 @@ def run(args: argparse.Namespace) -> int:
     from medcl.workflows.spec import load_workflow
 
     overrides = list(args.overrides)
-    if args.output is not None:
-        overrides.append(f"output={args.output}")
+    if args.runs is not None:
+        overrides.append(f"output={args.runs}")
     if args.tracking_uri is not None:
         overrides.append(f"tracking_uri={args.tracking_uri}")
-    wf = load_workflow(args.workflow, overrides)
+    from medcl.shipped import find_file
+
+    path = find_file("workflows", args.workflow)  # a file, else a shipped workflow by name
+    wf = load_workflow(path, overrides)
     if args.check:
         print(describe(wf))
+        missing = missing_data(wf)
+        if missing:
+            raise ConfigError(f"workflow {path}: {'; '.join(missing)}")
         return 0
-    WorkflowRunner(wf, args.workflow, resume=args.resume, progress=not args.no_progress).run()
+    WorkflowRunner(wf, str(path), resume=args.resume, progress=not args.no_progress).run()
     return 0
+
+
+def missing_data(wf) -> list[str]:
+    """One message per dataset folder of the workflow (top level or a stage's) that does not exist."""
+    folders = {"data": wf.data} if wf.data else {}
+    for stage in wf.stages:
+        value = getattr(stage, "data", None)
+        if value and "${" not in value:
+            folders[f"stages.{stage.name}.data"] = value
+    return [
+        f"{key} folder {value} does not exist (--set {key}=DIR)"
+        for key, value in folders.items()
+        if not Path(value).is_dir()
+    ]
 
 
 def describe(wf) -> str:

@@ -6,7 +6,7 @@ import argparse
 import math
 import os
 
-from medcl.commands.common import add_training_flags, config_from_args
+from medcl.commands.common import add_images_flag, add_training_flags, config_from_args
 from medcl.errors import ConfigError
 
 
@@ -18,16 +18,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "3D volumes and tracking everything in MLflow.",
     )
     add_training_flags(p)
+    add_images_flag(p)
     p.set_defaults(func=run, expect=None)
 
     p = subparsers.add_parser(
         "pretrain",
         help="contrastive pretraining on unlabeled images (global, then local stage)",
-        description="Pretrain on every training image of the dataset, labels never read: the global stage "
-        "(encoder + g1, configs/<dataset>/pretrain_global.yaml) then the local stage (frozen encoder, decoder "
-        "blocks + g2, pretrain_local.yaml, --init <global run>). Chaitanya et al., NeurIPS 2020.",
+        description="Pretrain on unlabeled images, labels never read: a plain folder of scans (--images DIR "
+        "--modality ct|mri; no dataset.json) or every training image of a dataset (--data DIR, plus "
+        "--unlabeled DIR). The global stage (encoder + g1, configs/<dataset>/pretrain_global.yaml) then the "
+        "local stage (frozen encoder, decoder blocks + g2, pretrain_local.yaml, --init <global run>); then "
+        "`medcl finetune --init <run>`. Chaitanya et al., NeurIPS 2020.",
     )
-    add_training_flags(p)
+    add_training_flags(
+        p,
+        example="configs/hippocampus/pretrain_global.yaml",
+        splits_help="splits.json -> data.splits: pretrain on its labeled + unlabeled cases only, never val/test "
+        "(default: every training image of the dataset, labeled or not)",
+    )
+    add_images_flag(p)
     p.add_argument(
         "--strategy",
         help="global: GR, GD- or GD (default GD); local: LR or LD (default LR) -> method.strategy",
@@ -43,7 +52,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Supervised training on the labeled cases of --splits (or the first --labeled N groups), "
         "initialised with --init from a pretraining run or checkpoint; the projection heads are dropped.",
     )
-    add_training_flags(p)
+    add_training_flags(p, example="configs/hippocampus/finetune.yaml")
     p.set_defaults(func=run, expect="finetune")
 
 
@@ -90,4 +99,9 @@ def run(args: argparse.Namespace) -> int:
     result = train(cfg, resume=args.resume, progress=not args.no_progress, tags=tags)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
         print(format_result(result))
+        if result.best_dice is None and cfg.method_name.startswith("pretrain_"):
+            print(
+                f"next:             medcl finetune configs/<dataset>/finetune.yaml --data DIR --labeled N "
+                f"--init {result.run_id or result.run_dir}"
+            )
     return 0

@@ -19,8 +19,8 @@ import sys
 import time
 import urllib.request
 
+from medcl.commands.flags import RUNS_DEFAULT, add_runs_flag
 from medcl.errors import MedclError
-from medcl.tracking.mlflow_tracking import resolve_store
 
 STOP_GRACE_S = 10.0  # SIGTERM, then SIGKILL for what is left: huey consumers can take seconds to exit
 PROGRESS_EVERY_S = 15.0
@@ -28,10 +28,8 @@ PROGRESS_EVERY_S = 15.0
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("ui", help="open the MLflow UI over medcl's tracking store")
-    p.add_argument(
-        "--output", default="medcl_runs", help="the --output folder the runs used (default medcl_runs)"
-    )
-    p.add_argument("--tracking-uri", help="tracking store URI instead of <output>/mlflow.db")
+    add_runs_flag(p, "the runs folder training used (default medcl_runs)", default=RUNS_DEFAULT)
+    p.add_argument("--tracking-uri", help="tracking store URI instead of <runs>/mlflow.db")
     p.add_argument(
         "--host",
         default="127.0.0.1",
@@ -77,13 +75,15 @@ def run(args: argparse.Namespace) -> int:
 
     Raises:
         MedclError: The port is out of range or in use, the host is not an address of this machine, no store
-            exists at ``--output``/``--tracking-uri``, or the server exits before answering.
+            exists at ``--runs``/``--tracking-uri``, or the server exits before answering.
     """
+    from medcl.tracking.mlflow_tracking import resolve_store
+
     host, port = args.host, args.port
     if not 1 <= port <= 65535:
         raise MedclError(f"--port {port} is out of range; choose a port from 1 to 65535 (default 5000)")
     addresses = _resolve_host(host, port)
-    uri, artifact_root = resolve_store(args.tracking_uri, args.output, create=False)
+    uri, artifact_root = resolve_store(args.tracking_uri, args.runs, create=False)
     _check_free(addresses[0], host, port)
     ips = [ipaddress.ip_address(a[4][0]) for a in addresses]
     unspecified = all(ip.is_unspecified for ip in ips)  # 0.0.0.0 or ::, every interface

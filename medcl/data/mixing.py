@@ -40,10 +40,19 @@ __all__ = [
     "cutmix_masks",
     "gaussian_blur",
     "mix",
+    "step_generator",
     "strong_view",
 ]
 
 MixMode = Literal["cutmix", "classmix", "none"]
+
+
+def step_generator(seed: int, step: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """The random source of one training step's strong view: a function of (seed, rank, step), so a resumed run
+    draws the same boxes and jitter again."""
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    mixed = ((seed * 1_000_003 + step) * 1_009 + rank) % (2**63 - 1)
+    return torch.Generator(device=device).manual_seed(mixed)
 
 
 def cutmix_masks(

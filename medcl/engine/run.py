@@ -5,8 +5,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import os
 import re
 import time
 from pathlib import Path
@@ -24,8 +26,9 @@ from medcl.data.validate import require_clean
 from medcl.engine import distributed as dist
 from medcl.engine.checkpoint import load_checkpoint, save_checkpoint
 from medcl.engine.trainer import Trainer, TrainResult, resolve_device
-from medcl.errors import ConfigError, MedclError
+from medcl.errors import ConfigError, DataError, MedclError
 from medcl.methods import DataSpec, build_method
+from medcl.tracking.lineage import case_files, code_tags
 from medcl.tracking.mlflow_tracking import MlflowTracker, NullTracker, resolve_checkpoint, resolve_store
 
 log = logging.getLogger(__name__)
@@ -72,12 +75,134 @@ def find_resume_checkpoint(resume: str, output: str | Path) -> Path:
     return path
 
 
-def init_weights(method: torch.nn.Module, source: str, cfg: Config) -> str | None:
+def load_training_data(cfg: Config) -> DatasetInfo:
+    """The cases of a run: a dataset folder (``data.path``, plus ``data.unlabeled_dir``) or folders of
+    unlabeled images (``data.images``, no ``dataset.json``).
+
+    Raises:
+        ConfigError: No data, both kinds given, or image folders without ``data.modality``.
+        DataError: A folder is missing, empty or holds a file that cannot be opened.
+    """
+    if cfg.data.images:
+        if cfg.data.path:
+            raise ConfigError(
+                "give either --data (a labeled dataset; add unlabeled folders with --unlabeled DIR) or --images "
+                "(folders of unlabeled images only), not both"
+            )
+        if cfg.data.unlabeled_dir:
+            raise ConfigError(
+                "--unlabeled adds images to a labeled dataset (--data); with --images, give every folder as "
+                "--images DIR"
+            )
+        if cfg.data.modality == "auto":
+            raise ConfigError(
+                "a folder of images does not say how it was acquired: pass --modality ct (HU window "
+                f"{list(cfg.data.ct_window)} scaled to [0, 1]) or --modality mri (per-volume z-score) "
+                "(config key data.modality)"
+            )
+        from medcl.data.image_folder import load_image_folders
+
+        return load_image_folders(cfg.data.images, modality=cfg.data.modality)
+    if not cfg.data.path:
+        raise ConfigError(
+            "no dataset given: pass --data DIR (or set data.path in the config), or --images DIR for "
+            "label-free pretraining on a folder of images"
+        )
+    folder = Path(cfg.data.path).expanduser()
+    if folder.is_dir() and not (folder / "dataset.json").is_file():
+        raise DataError(
+            f"--data {folder} has no dataset.json, so it is not a labeled dataset (MSD or nnU-Net v2 layout); "
+            f"for a plain folder of unlabeled scans use --images {folder} --modality ct|mri (label-free "
+            "pretraining), or --unlabeled beside a labeled --data"
+        )
+    return load_dataset(folder, unlabeled_dir=cfg.data.unlabeled_dir)
+
+
+def with_extra_unlabeled(splits: Splits, info: DatasetInfo, folders: list[Path]) -> Splits:
+    """``splits`` with every image of the ``--unlabeled`` folders in ``unlabeled``.
+
+    A splits file written before the folders were added does not list their images; asking for them on the
+    command line means they are used, unless the file already puts them in a subset.
+    """
+    roots = [Path(os.path.abspath(f)) for f in folders]  # as the folder scan built the paths: links kept
+    listed = {*splits.labeled, *splits.unlabeled, *splits.val, *splits.test}
+    added = [
+        c.id
+        for c in info.unlabeled
+        if c.id not in listed and any(Path(os.path.abspath(c.images[0])).is_relative_to(r) for r in roots)
+    ]
+    if not added:
+        return splits
+    log.info("%d unlabeled image(s) added from %s", len(added), ", ".join(map(str, folders)))
+    return dataclasses.replace(splits, unlabeled=[*splits.unlabeled, *added])
+
+
+def check_image_only_method(method: Any, cfg: Config) -> None:
+    """Image folders (``data.images``) have no labels: only methods that never read one can train on them."""
+    labeled = [s for s, with_label in method.streams.items() if with_label]
+    if labeled or method.validates:
+        raise ConfigError(
+            f"--images gives unlabeled images only, and method {cfg.method_name!r} trains or validates on "
+            "labeled cases: give a labeled dataset with --data (extra unlabeled folders with --unlabeled DIR), "
+            "or use a label-free pretraining config (pretrain_global, pretrain_local)"
+        )
+
+
+def check_init_preprocessing(init: dict[str, Any], source: str, cfg: Config, modality: str) -> None:
+    """Fine-tuning must normalise intensities as the run it starts from did.
+
+    The modality (CT HU window vs MRI z-score) is stored in every checkpoint (``data_spec.modality``); a
+    different one means the pretrained filters saw another intensity scale. A different CT window or MRI
+    percentile clip only warns: it shifts intensities, and can be deliberate.
+
+    Raises:
+        ConfigError: The checkpoint's modality differs from this run's.
+    """
+    theirs = (init.get("data_spec") or {}).get("modality")
+    if theirs is None:
+        return
+    if theirs != modality:
+        how = {"ct": "CT (HU window scaled to [0, 1])", "mri": "MRI (per-volume z-score)"}
+        raise ConfigError(
+            f"--init {source} was trained on {how.get(theirs, theirs)} images, but this run's data is "
+            f"{how.get(modality, modality)} (data.modality {cfg.data.modality!r}"
+            f"{', from dataset.json' if cfg.data.modality == 'auto' else ''}): the pretrained network would see "
+            f"intensities on another scale. Fine-tune on {theirs.upper()} data, or pass --modality {theirs} if "
+            "this data really is that modality"
+        )
+    data = (init.get("config") or {}).get("data") or {}
+    key = "ct_window" if modality == "ct" else "percentiles"
+    mine = list(getattr(cfg.data, key))
+    if key in data and [float(v) for v in data[key]] != [float(v) for v in mine]:
+        log.warning(
+            "--init %s normalised intensities with data.%s=%s, this run with %s; pass --set data.%s=%s to "
+            "preprocess as it did",
+            source,
+            key,
+            list(data[key]),
+            mine,
+            key,
+            list(data[key]),
+        )
+
+
+def init_weights(
+    method: torch.nn.Module, source: str, cfg: Config, modality: str | None = None
+) -> str | None:
     """Copy every weight of a checkpoint whose name and shape match into ``method``.
+
+    Args:
+        method: The method of the new run.
+        source: A checkpoint file, run folder, run id or MLflow URI (any method's run).
+        cfg: The new run's config (store lookup, preprocessing check).
+        modality: The new run's resolved modality; when given, the checkpoint must have been trained with
+            the same one (:func:`check_init_preprocessing`).
 
     Returns the MLflow run id stored in the checkpoint (the run it came from), if any.
     """
     loaded = load_checkpoint(resolve_checkpoint(source, cfg.tracking.uri, cfg.output))
+    if modality is not None:
+        check_init_preprocessing(loaded, source, cfg, modality)
     state, state_run_id = loaded["model"], loaded.get("mlflow_run_id")
     own = method.state_dict()
     matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
@@ -163,8 +288,11 @@ def train(
                 f"--init {run_dir}"
             )
         print(f"resuming {resume_path} at step {resume_state['step']} of {cfg.train.steps}")
-    if not cfg.data.path:
-        raise ConfigError("no dataset given: pass --data DIR (or set data.path in the config)")
+    if not cfg.data.path and not cfg.data.images:
+        raise ConfigError(
+            "no dataset given: pass --data DIR (or set data.path in the config), or --images DIR for "
+            "label-free pretraining on a folder of images"
+        )
     device = resolve_device(cfg.train.device)
     dist.init_from_env(device)
     if cfg.train.threads:
@@ -174,15 +302,23 @@ def train(
         torch.backends.cudnn.deterministic = False
         torch.backends.cudnn.benchmark = True  # fixed patch sizes: the autotuned kernels are reused
 
-    info = load_dataset(cfg.data.path, unlabeled_dir=cfg.data.unlabeled_dir)
-    for read_only in [info.root, *([cfg.data.unlabeled_dir] if cfg.data.unlabeled_dir else [])]:
+    info = load_training_data(cfg)
+    extra = cfg.data.unlabeled_dir or []
+    extra = [extra] if isinstance(extra, str) else extra
+    for read_only in [info.root, *info.image_folders, *(info.root / Path(d).expanduser() for d in extra)]:
         refuse_writing_inside(read_only, cfg.output, "output")  # runs, store and cache go under output
     spec = data_spec(cfg, info)
     method = build_method(cfg, spec)
+    if info.image_folders:
+        check_image_only_method(method, cfg)
+    if extra and not ({"unlabeled", "images"} & set(method.streams)):
+        log.warning(
+            "method %s trains on labeled cases only: the --unlabeled images are not used", cfg.method_name
+        )
     method.inference_network().check_spatial_shape(cfg.data.patch_size)  # e.g. SwinUNETR: multiples of 32
     init_run = None
     if cfg.init and resume_state is None:
-        init_run = init_weights(method, cfg.init, cfg)
+        init_run = init_weights(method, cfg.init, cfg, modality=spec.modality)
     if cfg.data.splits:
         splits = Splits.load(cfg.data.splits)
         splits.check_against(info)
@@ -192,6 +328,8 @@ def train(
         splits = default_splits(info, cfg.train.seed)
     if cfg.data.labeled is not None:
         splits = splits.with_labeled(cfg.data.labeled, group_by=cfg.data.group_by)
+    if extra:
+        splits = with_extra_unlabeled(splits, info, [info.root / Path(d).expanduser() for d in extra])
 
     # Every case this run reads passes the checks of `medcl data check` first (on every rank, so all stop).
     used = dict.fromkeys(
@@ -214,8 +352,12 @@ def train(
                 raise MedclError(f"the splits file {cfg.data.splits} has no labeled cases to train on")
             log.warning("no cases for the %s stream in the splits; training without it", stream)
             continue
+        cases = [info.case(i) for i in ids]
+        # Withheld labels of the unlabeled stream, for train/pseudo_dice only (no loss reads them).
+        withheld = stream == "unlabeled" and cfg.train.pseudo_dice and all(c.label is not None for c in cases)
+        with_label = with_label or withheld
         transform = volume_transforms(cfg.data, modality, with_label=with_label)
-        volumes = preprocess_volumes([info.case(i) for i in ids], transform, with_label=with_label, **common)
+        volumes = preprocess_volumes(cases, transform, with_label=with_label, **common)
         sampler = method.build_sampler(stream, volumes, stream_index=index)
         if sampler is not None:
             samplers[stream] = sampler
@@ -247,6 +389,7 @@ def train(
                 "medcl.method": cfg.method_name,
                 "medcl.dataset": info.name,
                 **({"medcl.init_from": init_run or cfg.init} if cfg.init else {}),
+                **code_tags(),  # medcl version and git commit
                 **(tags or {}),
             },
             system_metrics=cfg.tracking.system_metrics,
@@ -260,12 +403,14 @@ def train(
                     "data.n_unlabeled": len(splits.unlabeled),
                     "data.n_val": len(splits.val),
                     "data.world_size": dist.world_size(),
+                    "data.modality_resolved": spec.modality,  # what fine-tuning and inference must match
                     "init_from": (init_run or cfg.init) if cfg.init else "",
                 }
             )
             tracker.log_params(params)
             tracker.log_dict(cfg.model_dump(mode="json"), "config/resolved_config.json")
             tracker.log_dict(splits.to_dict(), "config/splits.json")
+            tracker.log_datasets(info.name, info.root, _dataset_inputs(info, splits, method))
     if dist.is_main() and resume_state is None:
         (run_dir / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=1))
         splits.save(run_dir / "splits.json")
@@ -274,7 +419,8 @@ def train(
     try:
         batches = TrainBatches(samplers, seed=cfg.train.seed, rank=dist.rank())
         trainer = Trainer(cfg, method, spec, batches, val_vols, run_dir, tracker=tracker, progress=progress)
-        tracker.log_params({"train.precision_resolved": trainer.precision.name})  # what "auto" chose here
+        # What "auto" chose here, and the schedule's step counts in steps (fractions of train.steps resolved).
+        tracker.log_params({"train.precision_resolved": trainer.precision.name, **trainer.schedule_params})
         if resume_path is not None:
             trainer.load(resume_path)
         result = trainer.fit()
@@ -293,6 +439,22 @@ def train(
             tracker.end("FINISHED")
     dist.cleanup()
     return result
+
+
+def _dataset_inputs(info: DatasetInfo, splits: Splits, method: Any) -> list[tuple[str, list[Path], int]]:
+    """``(context, files, cases)`` of what the run reads: the training streams (labels where a stream reads
+    them) and the validation cases, for MLflow dataset inputs with a digest of those files."""
+    train_cases: dict[str, bool] = {}
+    for stream, with_label in method.streams.items():
+        for case_id in stream_case_ids(stream, splits):
+            train_cases[case_id] = train_cases.get(case_id, False) or with_label
+    files = [f for i, lab in train_cases.items() for f in case_files([info.case(i)], with_labels=lab)]
+    if (info.root / "dataset.json").is_file():  # the label names and channels the run trained with
+        files.append(info.root / "dataset.json")
+    inputs = [("training", files, len(train_cases))]
+    if method.validates and splits.val:
+        inputs.append(("validation", case_files(info.case(i) for i in splits.val), len(splits.val)))
+    return inputs
 
 
 def _log_final(tracker: Any, trainer: Trainer, result: TrainResult, spec: DataSpec) -> None:
@@ -315,8 +477,25 @@ def _log_final(tracker: Any, trainer: Trainer, result: TrainResult, spec: DataSp
         trainer.method.load_state_dict(state["model"])
         # The inference checkpoint (weights + config + classes, no optimiser) travels inside the MLflow model,
         # so `models:/<name>@<alias>` carries its preprocessing.
-        slim = {k: state[k] for k in ("step", "method", "config", "data_spec", "model", "medcl_version")}
+        keys = ("step", "method", "config", "data_spec", "model", "medcl_version", "mlflow_run_id")
+        slim = {k: state[k] for k in keys if k in state}  # the run id: models:/ URIs keep their lineage
         slim_path = save_checkpoint(slim, result.best_checkpoint.parent / "model.pt")
-        net = trainer.method.inference_network().net.cpu().eval()
-        example = torch.zeros(2, spec.in_channels, *spec.patch_size)
-        result.model_uri = tracker.log_model(net, example, extra_files=[str(slim_path)])
+        network = _torchscript_network(slim_path)
+        result.model_uri = tracker.log_model(slim_path, network)
+
+
+def _torchscript_network(checkpoint: Path) -> Path | None:
+    """``network.ts`` beside ``checkpoint``: the bare network for the logged model's second artifact.
+
+    Scripted without the export round-trip check (``medcl export`` runs it) to keep the end of training
+    short; a network that cannot be scripted is left out with a warning, the model is logged all the same.
+    """
+    from medcl.inference.export import to_torchscript
+    from medcl.inference.predictor import Predictor
+
+    try:
+        predictor = Predictor.load(str(checkpoint), device="cpu", precision="fp32")
+        return to_torchscript(predictor, checkpoint.with_name("network.ts"), check=False, trace=False)
+    except Exception as exc:
+        log.warning("the logged model has no TorchScript network (%s); its checkpoint is complete", exc)
+        return None

@@ -36,6 +36,7 @@ from medcl.evaluation.metrics import case_metrics
 from medcl.inference.window import make_inferer, predict_volume
 from medcl.methods.base import DataSpec, Method
 from medcl.precision import resolve_precision, set_compute_dtype
+from medcl.schedules import report_schedule
 from medcl.tracking.mlflow_tracking import NullTracker
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,11 @@ class Trainer:
             self.model = DistributedDataParallel(method, device_ids=ids)
         self.optimizer = build_optimizer(method.param_groups(), cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.train.steps, cfg.optim)
+        # Step counts in steps (fractions resolved against train.steps), logged once with one warning for any
+        # that does not end within the run; run.py logs them as MLflow params ``<key>_resolved``.
+        self.schedule_params: dict[str, int] = (
+            report_schedule(getattr(method, "schedule_steps", {}), cfg.train.steps) if dist.is_main() else {}
+        )
         self.precision = resolve_precision(cfg.train.precision, self.device)
         set_compute_dtype(method, self.precision.dtype)
         log.info(
@@ -206,7 +212,7 @@ class Trainer:
         if not networks:
             metrics, pictures = self._validate_network(self.method.inference_network())
         else:
-            results = {name: self._validate_network(net) for name, net in networks.items()}
+            results = {name: self._validate_network(net, name) for name, net in networks.items()}
             self.method.select_network({name: m["val/dice_mean"] for name, (m, _) in results.items()})
             chosen = self.method.inference_network()
             selected = next(name for name, net in networks.items() if net is chosen)
@@ -219,14 +225,28 @@ class Trainer:
             self.tracker.log_image(pic, key=f"val/overlay_{i}", step=self.step)
         return metrics
 
-    def _validate_network(self, net: torch.nn.Module) -> tuple[dict[str, float], list[np.ndarray]]:
-        """One network's ``val/*`` metrics over the val volumes, and its overlay pictures."""
+    def _validate_network(
+        self, net: torch.nn.Module, name: str = ""
+    ) -> tuple[dict[str, float], list[np.ndarray]]:
+        """One network's ``val/*`` metrics over the val volumes, and its overlay pictures.
+
+        A second progress bar (under the training bar, removed when done) counts the volumes: validating
+        whole 3D volumes can take minutes, during which the training bar would stand still.
+        """
         was_training = net.training
         net.eval()
         names = self.spec.class_names[1:]
         dice, hd = [], []
         pictures = []
-        for i, vol in enumerate(self.val_volumes):
+        volumes = tqdm(
+            self.val_volumes,
+            desc=f"validate {name}".strip(),
+            unit="vol",
+            leave=False,
+            disable=not self.progress,
+            dynamic_ncols=True,
+        )
+        for i, vol in enumerate(volumes):
             image, label = vol["image"], vol["label"]
             probs = predict_volume(net, image, self.inferer, self.device)
             pred = probs.argmax(0).cpu()

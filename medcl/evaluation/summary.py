@@ -123,6 +123,8 @@ class Summary:
         problems: The cases that could not be scored, with the reason.
         settings: Provenance written under ``"settings"`` beside ``spacing``, ``empty_policy`` and
             ``labels`` (folders, model, dataset, subset).
+        not_predicted: Reference cases without a prediction (folder mode): not scored, a warning only, as
+            nnU-Net's ``evaluate_folder`` scores the predicted cases.
     """
 
     labels: dict[int, str]
@@ -131,6 +133,7 @@ class Summary:
     cases: list[CaseResult] = field(default_factory=list)
     problems: list[CaseProblem] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
+    not_predicted: list[str] = field(default_factory=list)
 
     @property
     def foreground(self) -> dict[int, str]:
@@ -181,6 +184,7 @@ class Summary:
             "mean": means,
             "foreground_mean": self.foreground_mean(means),
             "problems": [problem.to_dict() for problem in self.problems],
+            "not_predicted": list(self.not_predicted),
             "settings": {
                 **self.settings,
                 "spacing": self.spacing,
@@ -263,6 +267,14 @@ class Summary:
             lines.append(f"{scored}; no problems")
         return "\n".join(lines)
 
+    def format_not_predicted(self) -> str:
+        """A warning naming the reference cases without a prediction (empty string when there is none)."""
+        if not self.not_predicted:
+            return ""
+        n, shown = len(self.not_predicted), ", ".join(self.not_predicted[:10])
+        more = f" and {n - 10} more" if n > 10 else ""
+        return f"warning: {n} reference case(s) have no prediction and are not scored: {shown}{more}"
+
     def format_problems(self) -> str:
         """One line per problem: case, file name, message (empty string when there is none)."""
         rows = [(p.case, p.file.name if p.file is not None else "-", p.message) for p in self.problems]
@@ -286,7 +298,10 @@ def evaluate_folders(
     *,
     progress: bool = False,
 ) -> Summary:
-    """Pair the label files of two folders by case id and score every pair.
+    """Score every prediction against the reference label file of the same case id.
+
+    As nnU-Net's ``evaluate_folder``, only the predicted cases are scored: a reference without a prediction
+    is listed in ``Summary.not_predicted`` (a warning), while a prediction without a reference is a problem.
 
     Args:
         pred_dir: Folder of predicted label maps.
@@ -300,7 +315,8 @@ def evaluate_folders(
         The summary; per-case problems are in it, never raised.
 
     Raises:
-        DataError: A folder is missing, both are the same folder, or neither holds a label file.
+        DataError: A folder is missing, both are the same folder, or the prediction folder holds no label
+            file.
         ValueError: ``spacing_mode`` or ``empty_policy`` is unknown.
     """
     _check_modes(spacing_mode, empty_policy)
@@ -309,28 +325,22 @@ def evaluate_folders(
         raise DataError(f"--pred and --gt are the same folder {pred_dir}; give the reference labels' folder.")
     preds, pred_dupes = _label_files(pred_dir)
     refs, ref_dupes = _label_files(gt_dir)
-    if not preds and not refs:
-        raise DataError(
-            f"Neither {pred_dir} nor {gt_dir} holds a label file ({', '.join(IMAGE_EXTENSIONS)})."
-        )
+    if not preds and not pred_dupes:
+        raise DataError(f"{pred_dir} holds no prediction file ({', '.join(IMAGE_EXTENSIONS)}).")
     summary = Summary(
         labels=dict(labels),
         spacing=spacing_mode,
         empty_policy=empty_policy,
         settings={"prediction_dir": str(pred_dir), "reference_dir": str(gt_dir)},
     )
-    case_ids = sorted(set(preds) | set(refs))
+    case_ids = sorted(set(preds) | set(pred_dupes))
+    summary.not_predicted = sorted((set(refs) | set(ref_dupes)) - set(case_ids))
     for case_id in tqdm(case_ids, desc="evaluating", unit="case", disable=not progress):
         dupes = pred_dupes.get(case_id, []) + ref_dupes.get(case_id, [])
         if dupes:
             names = ", ".join(p.name for p in dupes)
             summary.problems.append(
                 CaseProblem(case_id, dupes[0], f"several files for one case ({names}); keep one.")
-            )
-            continue
-        if case_id not in preds:
-            summary.problems.append(
-                CaseProblem(case_id, refs[case_id], f"no prediction for this case in {pred_dir}.")
             )
             continue
         if case_id not in refs:

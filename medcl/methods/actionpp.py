@@ -54,16 +54,16 @@ from typing import Any, ClassVar, Literal
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceCELoss
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import Tensor, nn
 
 from medcl.config import Config
-from medcl.data.mixing import MixMode, colour_jitter, gaussian_blur, strong_view
+from medcl.data.mixing import MixMode, colour_jitter, gaussian_blur, step_generator, strong_view
 from medcl.errors import ConfigError
 from medcl.losses.anatomical import anatomical_contrast_loss, flatten_valid, sample_pixels
 from medcl.losses.relational import relational_kl
 from medcl.losses.saacl import AdaptiveCenters, saacl_loss
-from medcl.methods.base import DataSpec, Method, MethodParams
+from medcl.methods.base import DataSpec, Method, MethodParams, pseudo_label_dice
 from medcl.methods.pretrain import ENCODER_MODULES
 from medcl.methods.teacher import FeatureQueue, ema_update, frozen_copy
 from medcl.models.action_heads import (
@@ -77,7 +77,7 @@ from medcl.models.action_heads import (
 )
 from medcl.models.centers import uniform_centers
 from medcl.models.networks import NetOutput, SegNet
-from medcl.schedules import ScheduleParams, scheduled_temperature
+from medcl.schedules import ScheduleParams, StepCount, scheduled_temperature
 
 __all__ = ["ActionPP", "ActionPPParams", "PretrainActionPP", "PretrainActionPPParams"]
 
@@ -90,13 +90,6 @@ def _check_applies_to(schedule: ScheduleParams, allowed: tuple[str, ...]) -> Non
     unknown = [name for name in schedule.applies_to if name not in allowed]
     if unknown:
         raise ValueError(f"schedule.applies_to names {unknown}; this method's losses are {list(allowed)}")
-
-
-def _step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
-    """The random source of one step's in-method augmentation and sampling: a function of (seed, rank, step)."""
-    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-    mixed = ((seed * 1_000_003 + step) * 1_009 + rank) % (2**63 - 1)
-    return torch.Generator(device=device).manual_seed(mixed)
 
 
 def _sup_loss(params: Any) -> DiceCELoss:
@@ -157,8 +150,10 @@ class _StudentTeacher(Method):
 class PretrainActionPPParams(MethodParams):
     """``method.*`` keys of ``pretrain_actionpp`` (ACTION/ACTION++ stages 1-2)."""
 
-    stage1_steps: int | None = Field(
-        None, ge=0, description="Steps of stage 1 (global KL, encoder only); null: half of train.steps."
+    stage1_steps: StepCount = Field(
+        0.5,
+        description="Length of stage 1 (global KL, encoder only): steps (integer) or a fraction of train.steps "
+        "(decimal in [0, 1]; paper: 0.5); null (older configs): 0.5.",
     )
     ema_momentum: float = Field(0.99, ge=0, le=1, description="Teacher EMA momentum m (paper: 0.99).")
     queue_size: int = Field(36, ge=1, description="K: past teacher embeddings in each FIFO queue (code: 36).")
@@ -185,6 +180,12 @@ class PretrainActionPPParams(MethodParams):
         default_factory=ScheduleParams,
         description="Temperature schedule; applies_to: kl_student, kl_teacher (ACTION++: cosine, tau_min null).",
     )
+
+    @field_validator("stage1_steps", mode="before")
+    @classmethod
+    def _null_is_half(cls, value: Any) -> Any:
+        # Configs written before step counts could be fractions say null for "half of train.steps".
+        return 0.5 if value is None else value
 
     @model_validator(mode="after")
     def _check(self) -> PretrainActionPPParams:
@@ -229,7 +230,7 @@ class PretrainActionPP(_StudentTeacher):
                 "use a smaller window (e.g. patch / 4) or a larger patch"
             )
         self.total_steps = cfg.train.steps
-        self.stage1_steps = p.stage1_steps if p.stage1_steps is not None else cfg.train.steps // 2
+        self.stage1_steps = int(p.stage1_steps)  # absolute: resolved against train.steps by Method
         dims, k = spec.spatial_dims, spec.num_classes
         channels = self.net.feature_channels()["embedding"]
         self.global_proj = LatentProjection(
@@ -282,7 +283,7 @@ class PretrainActionPP(_StudentTeacher):
         images = [labeled["image"]] + ([batch["unlabeled"]["image"]] if "unlabeled" in batch else [])
         x = torch.cat(images)  # (B, C, *S): labeled first
         n_lab = labeled["image"].shape[0]
-        gen = _step_generator(self.cfg.train.seed, step, x.device)
+        gen = step_generator(self.cfg.train.seed, step, x.device)
         # The teacher's view is a new tensor: the student keeps the un-jittered batch.
         x_teacher = gaussian_blur(
             colour_jitter(x, prob=p.jitter_prob, generator=gen), prob=p.blur_prob, generator=gen
@@ -418,7 +419,7 @@ class ActionPP(_StudentTeacher):
     """ACTION/ACTION++ stage 3: pseudo-labels on strong views + AnCo + SAACL (see the module docstring)."""
 
     name = "actionpp"
-    metrics: ClassVar[frozenset[str]] = frozenset({"confident_fraction"})
+    metrics: ClassVar[frozenset[str]] = frozenset({"confident_fraction", "pseudo_dice"})
     Params = ActionPPParams
     streams: ClassVar[dict[str, bool]] = {"labeled": True, "unlabeled": False}
     params: ActionPPParams
@@ -554,13 +555,13 @@ class ActionPP(_StudentTeacher):
         x_l, y_l = labeled["image"], labeled["label"][:, 0]  # (Bl, C, *S), (Bl, *S)
         n_lab = x_l.shape[0]
         x_u = batch["unlabeled"]["image"] if "unlabeled" in batch else None  # (Bu, C, *S)
-        gen = _step_generator(self.cfg.train.seed, step, x_l.device)
+        gen = step_generator(self.cfg.train.seed, step, x_l.device)
         taus = self.temperatures(step)
         need_rep = self.rep_head is not None
 
         # Teacher: pseudo-labels on the weak unlabeled view; SAACL keys on the labeled slices.
         keys_l = None
-        x_s = pseudo = conf = None
+        x_s = pseudo = conf = quality = None
         with torch.no_grad():
             t_inputs = ([x_u] if x_u is not None else []) + ([x_l] if self.use_saacl else [])
             if t_inputs:
@@ -569,6 +570,9 @@ class ActionPP(_StudentTeacher):
                 if x_u is not None:
                     prob_u = torch.softmax(t_logits[: x_u.shape[0]].float(), dim=1)  # (Bu, K, *S)
                     conf, pseudo = prob_u.max(dim=1)  # (Bu, *S) each
+                    withheld = batch["unlabeled"].get("label")  # train.pseudo_dice only; never a loss
+                    if withheld is not None:
+                        quality = pseudo_label_dice(pseudo, withheld, k)
                     x_s, pseudo, conf = strong_view(
                         x_u,
                         pseudo,
@@ -637,6 +641,8 @@ class ActionPP(_StudentTeacher):
         scheduled = [name for name in FINETUNE_TEMPERATURES if name in p.schedule.applies_to]
         result.update({f"tau_{name}": taus[name] for name in used})
         result.update(loss=loss, tau=taus[(scheduled or used or ["anco"])[0]])
+        if quality is not None:
+            result["pseudo_dice"] = quality
         return result
 
     def on_step_end(self, step: int) -> None:

@@ -19,6 +19,31 @@ from medcl.config import Config
 from medcl.data.sampling import StepSampler
 from medcl.data.transforms import batch_transforms, sample_transforms
 from medcl.models.networks import SegNet, build_network
+from medcl.schedules import ResolvedSteps, resolve_step_fields
+
+
+def pseudo_label_dice(pseudo: torch.Tensor, label: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Mean foreground Dice of pseudo-labels against withheld labels, over one batch (``train/pseudo_dice``).
+
+    Classes absent from both are left out of the mean; computed on the device, without a host sync.
+
+    Args:
+        pseudo: Pseudo-labels. Shape: ``(B, *S)``, int64.
+        label: Withheld labels. Shape: ``(B, 1, *S)`` or ``(B, *S)``.
+        num_classes: ``K`` (class 0 is background).
+
+    Returns:
+        A scalar tensor in [0, 1] (0 when no foreground class is present in either).
+    """
+    label = label.reshape(pseudo.shape)
+    classes = torch.arange(1, num_classes, device=pseudo.device).view(-1, *([1] * pseudo.ndim))  # (K-1, 1..)
+    p, y = pseudo.unsqueeze(0) == classes, label.unsqueeze(0) == classes  # (K-1, B, *S) each
+    dims = tuple(range(1, p.ndim))
+    inter = (p & y).sum(dims).float()
+    denom = (p.sum(dims) + y.sum(dims)).float()
+    present = denom > 0
+    dice = torch.where(present, 2 * inter / denom.clamp_min(1), torch.zeros_like(denom))
+    return dice.sum() / present.sum().clamp_min(1)
 
 
 class MethodParams(BaseModel):
@@ -64,7 +89,22 @@ class Method(nn.Module, metaclass=ABCMeta):
         super().__init__()
         self.cfg = cfg
         self.spec = spec
-        self.params = self.Params.model_validate({k: v for k, v in cfg.method.items() if k != "name"})
+        # Step counts given as fractions of train.steps become steps here, once: ``self.params`` holds
+        # absolute step counts only, and ``schedule_steps`` records each one (the trainer logs them).
+        self.params, self.schedule_steps = self.resolve_schedule(cfg)
+
+    @classmethod
+    def resolve_schedule(cls, cfg: Config) -> tuple[Any, dict[str, ResolvedSteps]]:
+        """The method's parsed ``Params`` with every step count in steps, and the run's step counts.
+
+        Fractions of ``train.steps`` are resolved against ``cfg.train.steps``
+        (:func:`medcl.schedules.resolve_step_fields`); the second value maps each dotted key of a step count,
+        ``optim.warmup_steps`` included, to what the config gave and the steps it means.
+        """
+        params = cls.Params.model_validate({k: v for k, v in cfg.method.items() if k != "name"})
+        params, method_steps = resolve_step_fields(params, cfg.train.steps, "method")
+        _, optim_steps = resolve_step_fields(cfg.optim, cfg.train.steps, "optim")
+        return params, {**optim_steps, **method_steps}
 
     def build_net(self, model_cfg: Any | None = None) -> SegNet:
         """A segmentation network from ``model_cfg`` (default: the config's ``model`` section)."""
@@ -109,12 +149,14 @@ class Method(nn.Module, metaclass=ABCMeta):
         data = self.cfg.data
         labeled = self.streams[stream]
         pos = data.pos_fraction if data.spatial_dims == 3 and labeled else None
+        # Volumes of the unlabeled stream may carry withheld labels (train.pseudo_dice): augmented alike.
+        with_label = labeled or bool(volumes and "label" in volumes[0])
         size = data.batch_size if stream == "labeled" else data.unlabeled_batch_size
         if size == 0:
             return None
         return StepSampler(
             volumes,
-            sample_transforms(data.augment, data.patch_size, with_label=labeled, pos_fraction=pos),
+            sample_transforms(data.augment, data.patch_size, with_label=with_label, pos_fraction=pos),
             size,
             spatial_dims=data.spatial_dims,
             slice_axis=data.slice_axis,

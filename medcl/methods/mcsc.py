@@ -54,9 +54,10 @@ from medcl.losses.mcsc_contrast import (
     grouped_supcon_loss,
     random_groups,
 )
-from medcl.methods.base import DataSpec, Method, MethodParams
+from medcl.methods.base import DataSpec, Method, MethodParams, pseudo_label_dice
 from medcl.models.heads import PixelProjectionHead
 from medcl.models.networks import SegNet, build_network
+from medcl.schedules import StepCount
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +71,10 @@ class NetworkParams(ModelConfig):
     lr: float | None = Field(
         None, gt=0, description="Learning rate of this network; null: the method default."
     )
-    warmup_steps: int | None = Field(
-        None, ge=0, description="Linear LR warm-up of this network; null: optim.warmup_steps."
+    warmup_steps: StepCount | None = Field(
+        None,
+        description="Linear LR warm-up of this network: steps (integer) or a fraction of train.steps "
+        "(decimal in [0, 1]); null: optim.warmup_steps.",
     )
     weights: str | None = Field(
         None,
@@ -103,6 +106,8 @@ class MCSCParams(MethodParams):
     pixels in 16x16-ish blocks, 128-d) costs several times a cross-teaching step on a CPU
     (``benchmarks/bench_mcsc.py``), so the default is the random sampler with 256 pixels per class and
     network and 64-d embeddings; ``configs/acdc/mcsc.yaml`` sets the paper's block sampler for GPU runs.
+    The step counts default to the reference's proportions of its 40k steps (fractions of ``train.steps``, see
+    :data:`medcl.schedules.StepCount`); they are absolute steps after construction (``MCSC.params``).
     """
 
     cnn: CNNParams = Field(default_factory=CNNParams)
@@ -112,8 +117,10 @@ class MCSCParams(MethodParams):
         description="Network used for inference: best (higher val Dice at each validation), cnn, transformer.",
     )
     cps_weight: float = Field(0.1, ge=0, description="Final weight w of the cross pseudo-supervision (Dice).")
-    cps_rampup_steps: int = Field(
-        30000, ge=0, description="Steps of the sigmoid ramp-up of the CPS weight; 0: none."
+    cps_rampup_steps: StepCount = Field(
+        0.75,
+        description="Length of the sigmoid ramp-up of the CPS weight: steps (integer) or a fraction of "
+        "train.steps (decimal in [0, 1]; reference: 30000 of 40000 = 0.75); 0: none.",
     )
     contrast_weight: float = Field(
         0.002,
@@ -134,8 +141,10 @@ class MCSCParams(MethodParams):
     max_per_class: int = Field(
         256, ge=1, description="random sampler: pixels per class and network per scale."
     )
-    contrast_warmup_steps: int = Field(
-        3000, ge=0, description="Steps with only labeled images in the contrast."
+    contrast_warmup_steps: StepCount = Field(
+        0.075,
+        description="Steps with only labeled images in the contrast: steps (integer) or a fraction of "
+        "train.steps (decimal in [0, 1]; reference: 3000 of 40000 = 0.075).",
     )
     projector_hidden: int = Field(256, ge=1, description="Hidden width of the projectors.")
     projector_dim: int = Field(64, ge=1, description="Embedding size of the projectors.")
@@ -215,6 +224,7 @@ class MCSC(Method):
     """
 
     name = "mcsc"
+    metrics: ClassVar[frozenset[str]] = frozenset({"pseudo_dice", "pseudo_dice_transformer"})
     Params = MCSCParams
     streams: ClassVar[dict[str, bool]] = {"labeled": True, "unlabeled": False}
 
@@ -320,6 +330,14 @@ class MCSC(Method):
             "cps_transformer": cps_t.detach(),
             "cps_weight": lam,
         }
+        if (
+            unl is not None and "label" in unl and pseudo_c.shape[0]
+        ):  # withheld labels: train.pseudo_dice only
+            k = self.spec.num_classes
+            terms["pseudo_dice"] = pseudo_label_dice(
+                pseudo_c, unl["label"], k
+            )  # CNN labels, teaching the Transformer
+            terms["pseudo_dice_transformer"] = pseudo_label_dice(pseudo_t, unl["label"], k)
         if with_features:
             # Labeled-only warm-up: unlabeled pixels (pseudo-labels) enter once the networks are sensible.
             n = n_l if step < p.contrast_warmup_steps else x.shape[0]

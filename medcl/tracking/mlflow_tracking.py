@@ -2,7 +2,7 @@
 
 The default store is ``sqlite:///<output>/mlflow.db`` with artifacts in ``<output>/mlartifacts``, both
 resolved to absolute paths once and printed, so that ``medcl ui`` run from anywhere with the same
-``--output`` (or ``--tracking-uri``) opens the same store. ``--tracking-uri`` / ``MLFLOW_TRACKING_URI`` point
+``--runs`` (or ``--tracking-uri``) opens the same store. ``--tracking-uri`` / ``MLFLOW_TRACKING_URI`` point
 anywhere else. Only rank 0 of a distributed run tracks (SQLite has one writer); other ranks get a
 :class:`NullTracker` with the same methods.
 """
@@ -57,7 +57,7 @@ def resolve_store(
 
     Args:
         tracking_uri: ``--tracking-uri``, or None.
-        output: the ``--output`` folder of the runs.
+        output: the ``--runs`` folder.
         create: writers (training, evaluation runs) create the folder of a SQLite store; readers (model
             lookups, ``medcl ui``) pass False so that a mistyped folder is reported instead of becoming an
             empty store.
@@ -112,6 +112,9 @@ def get_or_create_experiment(name: str, artifact_root: str | None) -> str:
     """
     import mlflow
 
+    from medcl.tracking.stores import remember_store
+
+    remember_store(mlflow.get_tracking_uri())  # so that its runs and models are found from any folder
     with store_lock(mlflow.get_tracking_uri()):
         exp = mlflow.get_experiment_by_name(name)
         if exp is not None:
@@ -123,48 +126,42 @@ def get_or_create_experiment(name: str, artifact_root: str | None) -> str:
 def resolve_checkpoint(source: str, tracking_uri: str | None, output: str | Path) -> Path:
     """A local medcl checkpoint for ``source``.
 
-    ``source`` may be a checkpoint file, a run folder (``checkpoints/best.pt``), an MLflow run id
-    (its ``checkpoints/best.pt`` artifact), a ``runs:/<id>/<path>`` URI, or ``models:/<name>@<alias>`` /
-    ``models:/<name>/<version>`` (the inference checkpoint logged inside the model).
+    ``source`` may be a checkpoint file, a run folder, an MLflow run id or ``runs:/<id>`` (the run's
+    checkpoint: ``best.pt`` of a segmenting run, ``last.pt`` of a pretraining run, see
+    :data:`CHECKPOINT_NAMES`), a ``runs:/<id>/<path>`` URI (a file, or a folder such as
+    ``checkpoints``), or ``models:/<name>@<alias>`` /
+    ``models:/<name>/<version>`` or ``models:/m-<id>`` (the inference checkpoint logged inside the model).
 
-    A lookup only reads: a missing SQLite store is an error, it is never created.
+    Ids and URIs are looked up in the store of ``tracking_uri`` / ``output``, then in every store medcl has
+    written to (:mod:`medcl.tracking.stores`), so what ``medcl train`` prints works from any folder. A lookup
+    only reads: a missing SQLite store is skipped, it is never created.
 
     Raises:
         MedclError: ``source`` is none of these, or names a run or model that the store does not hold.
     """
-    path = Path(source).expanduser()
-    if path.is_file():
-        return path
-    if path.is_dir():
-        for candidate in ("checkpoints/best.pt", "checkpoints/model.pt", "checkpoints/last.pt", "best.pt"):
-            if (path / candidate).is_file():
-                return path / candidate
-        raise MedclError(f"{path} is a folder without checkpoints/best.pt or last.pt")
-    try:
-        uri, _ = resolve_store(tracking_uri, output, create=False)
-    except MedclError as exc:
-        raise MedclError(
-            f"cannot find model {source!r}: it is not a file or run folder, and there is {exc} to look it up "
-            "as a run id or MLflow URI (give the folder training used as --output, or --tracking-uri)"
-        ) from None
-    import mlflow
+    from medcl.tracking.stores import find_checkpoint
 
-    try:
-        if source.startswith("models:/"):
-            local = Path(
-                mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=uri, registry_uri=uri)
-            )
-            found = sorted(local.rglob("model.pt"))
-            if not found:
-                raise MedclError(f"{source} holds no medcl inference checkpoint (extra_files/model.pt)")
-            return found[0]
-        artifact = source if source.startswith("runs:/") else f"runs:/{source}/checkpoints/best.pt"
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact, tracking_uri=uri))
-    except MedclError:
-        raise
-    except Exception as exc:
-        hint = "" if len(source) == 32 or "/" in source else " (not a file, folder, run id or MLflow URI)"
-        raise MedclError(f"cannot find model {source!r} in MLflow store {uri}{hint}: {exc}") from None
+    return find_checkpoint(source, tracking_uri, output)[0]
+
+
+#: The checkpoint a run (folder, id or ``runs:/`` URI) stands for, in order of preference: the best validation
+#: (segmenting methods), the slim inference copy, else the last step (pretraining, which never validates).
+CHECKPOINT_NAMES = ("best.pt", "model.pt", "last.pt")
+
+
+def pick_checkpoint(folder: Path) -> Path:
+    """The checkpoint of a run folder (``checkpoints/<name>``) or of a folder of checkpoints (``<name>``).
+
+    Raises:
+        MedclError: The folder holds none of :data:`CHECKPOINT_NAMES`.
+    """
+    for name in CHECKPOINT_NAMES:
+        for candidate in (folder / "checkpoints" / name, folder / name):
+            if candidate.is_file():
+                return candidate
+    raise MedclError(
+        f"{folder} is a folder without a checkpoint ({', '.join(CHECKPOINT_NAMES)}, directly or in checkpoints/)"
+    )
 
 
 def _first_line(exc: BaseException) -> str:
@@ -228,10 +225,24 @@ class MlflowTracker:
         existing = self.mlflow.get_run(self.run_id).data.params
         self.mlflow.log_params({k: v for k, v in clean.items() if k not in existing})
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+    def log_metrics(
+        self, metrics: dict[str, float], step: int, model_id: str | None = None, dataset: Any = None
+    ) -> None:
+        """Log the finite values; ``model_id`` attaches them to a logged model too (MLflow 3), ``dataset``
+        records which data they were computed on."""
         finite = {k: float(v) for k, v in metrics.items() if v is not None and np.isfinite(v)}
         if finite:
-            self.mlflow.log_metrics(finite, step=step)
+            extra = {k: v for k, v in (("model_id", model_id), ("dataset", dataset)) if v is not None}
+            self.mlflow.log_metrics(finite, step=step, **extra)
+
+    def log_model_input(self, model_id: str) -> None:
+        """Record a logged model as an input of this run (an evaluation of it); never fails the run."""
+        from mlflow.entities import LoggedModelInput
+
+        try:
+            self.mlflow.log_input(model=LoggedModelInput(model_id=model_id))
+        except Exception as exc:
+            log.warning("the evaluated model %s was not linked to the run: %s", model_id, exc)
 
     def log_dict(self, data: dict[str, Any], artifact_file: str) -> None:
         self.mlflow.log_dict(data, artifact_file)
@@ -245,27 +256,34 @@ class MlflowTracker:
     def set_tags(self, tags: dict[str, str]) -> None:
         self.mlflow.set_tags(tags)
 
-    def log_model(
-        self, net: Any, example: Any, name: str = "model", extra_files: list[str] | None = None
-    ) -> str | None:
-        """Log the bare network as an MLflow PyTorch model (``torch.export`` format, needs no medcl to load).
+    def log_datasets(
+        self, name: str, root: Path, inputs: list[tuple[str, list[Path], int]]
+    ) -> dict[str, Any]:
+        """Log each ``(context, files, cases)`` as an MLflow dataset input named ``name`` with a digest of the
+        files (:mod:`medcl.tracking.lineage`); return the logged datasets by context."""
+        from medcl.tracking.lineage import log_dataset
 
-        The export is traced at the sliding-window ROI size with batch 2, which is what inference feeds it;
-        requirements are given explicitly because inferring them takes seconds.
+        logged = {}
+        for context, files, cases in inputs:
+            dataset = log_dataset(self.mlflow, name, root, files, context, cases)
+            if dataset is not None:
+                logged[context] = dataset
+        return logged
+
+    def log_model(
+        self, checkpoint: str | Path, network: str | Path | None = None, name: str = "model"
+    ) -> str | None:
+        """Log the deployable model: a ``python_function`` segmenting paths or arrays on their own grid.
+
+        See :mod:`medcl.inference.mlflow_model`: medcl's source travels in the model (``code_paths``), the
+        inference ``checkpoint`` is its weights, and ``network`` (TorchScript of the bare network), when given,
+        is a second artifact. Requirements are given explicitly because inferring them takes seconds.
         """
-        import monai
-        import torch
+        from medcl.inference.mlflow_model import log_segmentation_model
 
         try:
-            info = self.mlflow.pytorch.log_model(
-                net,
-                name=name,
-                input_example=example.numpy(),
-                extra_files=extra_files,
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"monai=={monai.__version__}"],
-            )
-            return info.model_uri
-        except Exception as exc:  # an export failure must not lose the finished run
+            return log_segmentation_model(checkpoint, network, name=name).model_uri
+        except Exception as exc:  # a logging failure must not lose the finished run
             log.warning("could not log the MLflow model (%s); the checkpoint artifact is still logged", exc)
             return None
 

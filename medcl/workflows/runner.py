@@ -450,7 +450,7 @@ class WorkflowRunner:
         for stage in stages:
             if isinstance(stage, TrainStage):
                 cfg = self.training_config(stage, None, static_only=True)
-                if not cfg.data.path:
+                if not cfg.data.path and not cfg.data.images:
                     raise ConfigError(
                         f"{self.where}, stage {stage.name!r}: no dataset: set data: at the top of the workflow, "
                         "in the stage, or --set data=DIR"
@@ -587,6 +587,8 @@ class WorkflowRunner:
         return {"summary": str(json_path), "dice": fg["dice"]}
 
     def _infer(self, stage: InferStage, run_id: str, folder: Path) -> dict[str, Any]:
+        from tqdm.auto import tqdm
+
         from medcl.inference.inputs import collect_inputs, output_path
         from medcl.inference.predictor import write_labels
 
@@ -595,7 +597,8 @@ class WorkflowRunner:
         self.client.set_tag(run_id, "medcl.model", stage.model)
         out_dir = folder / "masks"
         written, failures, seconds = {}, [], 0.0
-        for case in cases:
+        bar = tqdm(cases, desc=stage.name, unit="case", disable=not self.progress, dynamic_ncols=True)
+        for case in bar:
             target = output_path(case, out_dir, stage.format)
             start = time.perf_counter()
             try:

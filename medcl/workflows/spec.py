@@ -31,15 +31,21 @@ A string that is exactly one reference takes the referenced value (any type); a 
 string is formatted as text. ``$${`` writes a literal ``${``. Unknown names, forward references and unknown
 output keys are :class:`~medcl.errors.ConfigError` s naming the workflow file, the stage and the key.
 
-Relative paths (``data``, ``output``, stage ``config``, ``data``, ``splits``, ``input``, and ``init`` /
-``model`` when they are files) are relative to the working directory, like every medcl command; they are made
-absolute on loading, so the state file of a run holds absolute paths and ``--resume`` works from anywhere.
+Relative paths written in the file (``data``, stage ``config``, ``data``, ``splits``, ``input``, and
+``init`` / ``model`` when they are files, also when they come through ``${vars.X}``) are relative to the
+workflow file, so a workflow runs the same from any folder; a stage ``config`` may also be the name of a
+shipped config (``hippocampus/demo``, see ``medcl config list``). ``output`` (``--runs``) and paths given
+with ``--set`` are relative to the working directory, like every medcl flag. A path that exists only
+relative to the working directory (the rule before) is still taken, with a note. Everything is made absolute
+on loading, so the state file of a run holds absolute paths and ``--resume`` works from anywhere.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 import re
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -225,20 +231,33 @@ def load_workflow(path: str | Path, overrides: list[str] | tuple[str, ...] = ())
         raise ConfigError(
             f"workflow file {path} must hold a mapping (name, stages, ...), got {type(raw).__name__}"
         )
-    return build_workflow(raw, overrides, source=path)
+    return build_workflow(raw, overrides, source=path, base=path.resolve().parent)
 
 
 def build_workflow(
-    raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = (), *, source: str | Path = "<workflow>"
+    raw: dict[str, Any],
+    overrides: list[str] | tuple[str, ...] = (),
+    *,
+    source: str | Path = "<workflow>",
+    base: Path | None = None,
 ) -> Workflow:
-    """:func:`load_workflow` on an already-parsed mapping (``source`` names it in messages)."""
+    """:func:`load_workflow` on an already-parsed mapping (``source`` names it in messages).
+
+    Args:
+        base: The folder relative paths of the mapping are relative to (the workflow file's); None: the
+            working directory.
+    """
     where = f"workflow {source}"
     raw = copy.deepcopy(raw)
     raw.setdefault("name", Path(str(source)).name.removesuffix(".yaml").removesuffix(".yml"))
     for item in overrides:
         key, value = parse_override(item)
+        if base is not None:  # --set paths are the user's, relative to the working directory
+            value = _override_path(key, value)
         apply_override(raw, key, value, where)
     raw = _substitute_static(raw, where)
+    if base is not None:
+        raw = _rebase_paths(raw, base)
     try:
         wf = Workflow.model_validate(raw)
     except ValidationError as err:
@@ -438,6 +457,69 @@ def _abs_if_file(value: str | None) -> str | None:
     if value is None or "${" in value or ":/" in value or _RUN_ID.match(value):
         return value
     return _abs(value)
+
+
+_PATH_KEYS = ("config", "data", "splits", "input", "init", "model")
+_noted_cwd: set[str] = set()
+
+
+def _is_path(value: Any) -> bool:
+    """A relative path to rebase (not a reference, URI, run id, absolute or home path)."""
+    if not isinstance(value, str) or not value or "${" in value or ":/" in value or _RUN_ID.match(value):
+        return False
+    return not (value.startswith("~") or Path(value).is_absolute())
+
+
+def _relative_to(value: Any, base: Path, key: str) -> Any:
+    """``value`` (a path, or a list of paths for ``input``) relative to ``base``, see the module docstring."""
+    if isinstance(value, list):
+        return [_relative_to(v, base, key) for v in value]
+    if not _is_path(value):
+        return value
+    here = base / value
+    if here.exists():
+        return str(here)
+    if Path(value).exists():  # written relative to the working directory, as before
+        if value not in _noted_cwd:
+            _noted_cwd.add(value)
+            print(
+                f"medcl: note: workflow path {value!r} is taken relative to the working directory; paths in a "
+                f"workflow file are relative to the file ({base}), write {os.path.relpath(Path(value).resolve(), base)!r}",
+                file=sys.stderr,
+            )
+        return str(Path(value).resolve())
+    if key == "config":
+        from medcl.shipped import shipped_dir
+
+        shipped = shipped_dir("configs") / f"{value.removeprefix('configs/').removesuffix('.yaml')}.yaml"
+        if shipped.is_file():  # a shipped config by name
+            return str(shipped)
+    return str(here)
+
+
+def _rebase_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Relative paths written in a workflow file, made relative to the file's folder ``base``."""
+    if "data" in raw:
+        raw["data"] = _relative_to(raw["data"], base, "data")
+    for stage in raw.get("stages") or []:
+        if isinstance(stage, dict):
+            for key in _PATH_KEYS:
+                if key in stage:
+                    stage[key] = _relative_to(stage[key], base, key)
+    return raw
+
+
+def _override_path(key: str, value: Any) -> Any:
+    """A ``--set`` path value made absolute against the working directory (vars only when the path exists)."""
+    parts = key.split(".")
+    is_path = key == "data" or (parts[0] == "stages" and len(parts) == 3 and parts[2] in _PATH_KEYS)
+    if parts[0] == "vars" and isinstance(value, str) and _is_path(value) and Path(value).exists():
+        is_path = True
+    if not is_path:
+        return value
+    if isinstance(value, list):
+        return [str(Path(v).resolve()) if _is_path(v) else v for v in value]
+    return str(Path(value).resolve()) if _is_path(value) else value
 
 
 def _absolute_paths(wf: Workflow) -> Workflow:

@@ -273,7 +273,7 @@ def test_no_command_writes_into_a_dataset_it_reads(mini: Path, tmp_path: Path):
         ("data", "check", mini, "--no-progress", "--json", tmp_path / "link" / "report.json"),
         ("infer", "--model", tmp_path / "none.pt", "--input", image, "--output", labels, "--overwrite"),
         ("evaluate", "--pred", labels, "--gt", labels, "-o", mini / "imagesTr" / ".." / "summary.json"),
-        ("train", REPO / "configs/hippocampus/supervised.yaml", "--data", mini, "--output", mini / "runs"),
+        ("train", REPO / "configs/hippocampus/supervised.yaml", "--data", mini, "--runs", mini / "runs"),
     ]
     from medcl.cli import build_parser as cli_parser  # every command, not only `data`
 

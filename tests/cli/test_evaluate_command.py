@@ -93,8 +93,10 @@ def test_folder_mode_end_to_end(folders, hippocampus: Path, tmp_path: Path, caps
 
     problems = {p["case"]: p for p in data["problems"]}
     assert sorted(problems) == sorted(
-        [CROPPED, MISSING, VALUE5, "hippocampus_014", "hippocampus_015", "hippocampus_017"]
+        [CROPPED, VALUE5, "hippocampus_014", "hippocampus_015", "hippocampus_017"]
     )
+    # As nnU-Net's evaluate_folder: a reference without a prediction is not scored, only warned about.
+    assert data["not_predicted"] == [MISSING]
     assert problems["hippocampus_014"]["message"].startswith("unreadable prediction file: Cannot read")
     shape = np.asarray(nib.load(gt / f"{CROPPED}.nii.gz").dataobj).shape
     cropped_shape = (shape[0] - 2, *shape[1:])
@@ -102,8 +104,6 @@ def test_folder_mode_end_to_end(folders, hippocampus: Path, tmp_path: Path, caps
         problems[CROPPED]["message"]
         == f"prediction shape {cropped_shape} differs from reference shape {shape}."
     )
-    assert problems[MISSING]["message"].startswith("no prediction for this case")
-    assert problems[MISSING]["file"] == str(gt / f"{MISSING}.nii.gz")
     assert "label values [5]" in problems[VALUE5]["message"]
     assert problems[VALUE5]["file"] == str(pred / f"{VALUE5}.nii.gz")
     assert "geometry differs" in problems["hippocampus_015"]["message"]
@@ -121,7 +121,8 @@ def test_folder_mode_end_to_end(folders, hippocampus: Path, tmp_path: Path, caps
     assert all(float(r["dice"]) == 1.0 for r in rows if r["case"] == SAME)
 
     assert "Anterior" in stdout and "foreground" in stdout and "2 cases scored" in stdout
-    assert "6 problems in 6 cases" in stdout and MISSING in stdout
+    assert "5 problems in 5 cases" in stdout
+    assert f"warning: 1 reference case(s) have no prediction and are not scored: {MISSING}" in stdout
 
 
 def test_refuses_to_overwrite_then_overwrites(folders, tmp_path: Path, capsys) -> None:
@@ -216,7 +217,7 @@ def test_model_mode_logs_a_new_mlflow_run(
     model = tmp_path / "model.json"  # the stub's "checkpoint"
     model.write_text(json.dumps({"dataset": str(hippocampus)}))
     args = ["evaluate", "--model", model, "--data", hippocampus, "--splits", splits, "--subset", "test"]
-    code = run_cli(*args, "--output", output_dir, "--device", "cpu", "--precision", "fp32", "--no-progress")
+    code = run_cli(*args, "--runs", output_dir, "--device", "cpu", "--precision", "fp32", "--no-progress")
     stdout = capsys.readouterr().out
     assert code == 0, stdout
     assert StubPredictor.loaded[-1] == (str(model), "cpu", None, str(output_dir))
@@ -245,7 +246,7 @@ def test_model_mode_logs_a_new_mlflow_run(
     assert artifacts == {"summary.json", "summary.csv"}
     assert "MLflow run" in stdout and "Anterior" in stdout
     # The same -o again is refused before any prediction.
-    assert run_cli(*args, "--output", output_dir, "-o", summary_path, "--no-progress") == 1
+    assert run_cli(*args, "--runs", output_dir, "-o", summary_path, "--no-progress") == 1
     assert "already exists" in capsys.readouterr().err
 
 
@@ -257,7 +258,7 @@ def test_model_mode_with_a_trained_checkpoint(hippocampus, small_splits, output_
     fast = ["--set", "model.features=[8, 8, 16, 32, 64, 8]", "--set", "data.batch_size=4"]
     fast += ["--set", "data.num_workers=0", "--set", "tracking.log_model=false"]
     config = Path(__file__).resolve().parents[2] / "configs" / "hippocampus" / "supervised.yaml"
-    train = ["train", config, "--data", hippocampus, "--splits", small_splits, "--output", output_dir]
+    train = ["train", config, "--data", hippocampus, "--splits", small_splits, "--runs", output_dir]
     assert run_cli(*train, "--steps", 2, "--no-progress", *fast) == 0
     [checkpoint] = output_dir.glob("runs/*/checkpoints/best.pt")
     capsys.readouterr()
@@ -273,7 +274,7 @@ def test_model_mode_with_a_trained_checkpoint(hippocampus, small_splits, output_
         "--subset",
         "val",
     ]
-    code = run_cli(*args, "--output", output_dir, "--device", "cpu", "--no-progress")
+    code = run_cli(*args, "--runs", output_dir, "--device", "cpu", "--no-progress")
     stdout = capsys.readouterr().out
     assert code == 0, stdout
     [summary_path] = (output_dir / "evaluations").glob("val-*/summary.json")
@@ -291,7 +292,7 @@ def test_model_mode_with_an_unknown_model_creates_no_store(
 ) -> None:
     output = tmp_path / "nostore"
     args = ["evaluate", "--model", "typo", "--data", hippocampus, "--splits", small_splits, "--subset", "val"]
-    assert run_cli(*args, "--output", output) == 1
+    assert run_cli(*args, "--runs", output) == 1
     err = capsys.readouterr().err
     assert "'typo'" in err and "no MLflow store" in err and err.count("\n") == 1
     assert not output.exists()

@@ -34,7 +34,7 @@ def run_cli(*args: str) -> int:
 
 
 def test_unknown_config_key_fails_before_any_work(hippocampus, output_dir, capsys) -> None:
-    code = run_cli("train", CONFIG, "--data", hippocampus, "--output", output_dir, "--set", "optim.lrr=1")
+    code = run_cli("train", CONFIG, "--data", hippocampus, "--runs", output_dir, "--set", "optim.lrr=1")
     err = capsys.readouterr().err
     assert code == 1
     assert "unknown config key 'optim.lrr'" in err and "Traceback" not in err
@@ -43,18 +43,18 @@ def test_unknown_config_key_fails_before_any_work(hippocampus, output_dir, capsy
 
 def test_ill_typed_flag_value(hippocampus, output_dir, capsys) -> None:
     assert (
-        run_cli("train", CONFIG, "--data", hippocampus, "--output", output_dir, "--set", "train.steps=many")
+        run_cli("train", CONFIG, "--data", hippocampus, "--runs", output_dir, "--set", "train.steps=many")
         == 1
     )
     assert "config key 'train.steps'" in capsys.readouterr().err
 
 
 def test_missing_dataset_and_bad_splits(hippocampus, output_dir, tmp_path, capsys) -> None:
-    assert run_cli("train", CONFIG, "--data", tmp_path / "nope", "--output", output_dir) == 1
+    assert run_cli("train", CONFIG, "--data", tmp_path / "nope", "--runs", output_dir) == 1
     assert "nope" in capsys.readouterr().err
     splits = tmp_path / "splits.json"
     splits.write_text(json.dumps({"labeled": ["hippocampus_001", "hippocampus_999"], "val": []}))
-    assert run_cli("train", CONFIG, "--data", hippocampus, "--splits", splits, "--output", output_dir) == 1
+    assert run_cli("train", CONFIG, "--data", hippocampus, "--splits", splits, "--runs", output_dir) == 1
     err = capsys.readouterr().err
     assert "hippocampus_999" in err and "splits.json" in err
 
@@ -74,7 +74,7 @@ def test_corrupt_case_is_named(hippocampus, output_dir, tmp_path, capsys) -> Non
     bad = data / "imagesTr" / f"{ids[0]}.nii.gz"
     bad.write_bytes(gzip.compress(b"not a nifti at all"))
     before = {p: p.read_bytes() for p in data.rglob("*") if p.is_file()}
-    assert run_cli("train", CONFIG, "--data", data, "--output", output_dir, "--steps", 1, *FAST) == 1
+    assert run_cli("train", CONFIG, "--data", data, "--runs", output_dir, "--steps", 1, *FAST) == 1
     err = capsys.readouterr().err
     assert f"{ids[0]}: imagesTr/{ids[0]}.nii.gz: cannot read image" in err and "Traceback" not in err
     # Nothing was written into (or changed in) the dataset folder.
@@ -117,7 +117,7 @@ def test_train_refuses_what_data_check_refuses(mini, output_dir, how, capsys) ->
     folder, words = BAD_INPUTS[how]
     bad = "hippocampus_004"  # one of the `mini` fixture's three cases
     _damage(mini / folder / f"{bad}.nii.gz", how)
-    assert run_cli("train", CONFIG, "--data", mini, "--output", output_dir, "--steps", 1, *FAST) == 1
+    assert run_cli("train", CONFIG, "--data", mini, "--runs", output_dir, "--steps", 1, *FAST) == 1
     err = capsys.readouterr().err
     assert "cannot be used for training" in err and f"{bad}: {folder}/{bad}.nii.gz" in err, err
     assert words in err and "Traceback" not in err
@@ -130,7 +130,7 @@ def test_symlink_loop_in_imagestr_is_named(mini, output_dir, capsys) -> None:
     loop = mini / "imagesTr" / "a.nii.gz"
     loop.symlink_to("b.nii.gz")
     (mini / "imagesTr" / "b.nii.gz").symlink_to("a.nii.gz")
-    assert run_cli("train", CONFIG, "--data", mini, "--output", output_dir, "--steps", 1, *FAST) == 1
+    assert run_cli("train", CONFIG, "--data", mini, "--runs", output_dir, "--steps", 1, *FAST) == 1
     err = capsys.readouterr().err
     assert f"{loop} of case 'a' cannot be opened: symbolic link loop" in err and "Traceback" not in err
     assert not (output_dir / "runs").exists()
@@ -144,7 +144,7 @@ def test_train_command_prints_summary(hippocampus, small_splits, output_dir, cap
         hippocampus,
         "--splits",
         small_splits,
-        "--output",
+        "--runs",
         output_dir,
         "--steps",
         2,
@@ -177,7 +177,7 @@ def test_ddp_two_processes_gloo(hippocampus, small_splits, output_dir) -> None:
         str(hippocampus),
         "--splits",
         str(small_splits),
-        "--output",
+        "--runs",
         str(output_dir),
         "--steps",
         "3",
@@ -204,7 +204,7 @@ def test_ddp_two_processes_gloo(hippocampus, small_splits, output_dir) -> None:
 
 def test_unknown_init_fails_without_creating_a_store(hippocampus, tmp_path, capsys) -> None:
     output = tmp_path / "fresh"
-    code = run_cli("train", CONFIG, "--data", hippocampus, "--output", output, "--init", "nope", *FAST)
+    code = run_cli("train", CONFIG, "--data", hippocampus, "--runs", output, "--init", "nope", *FAST)
     err = capsys.readouterr().err
     assert code == 1
     assert "'nope'" in err and "no MLflow store" in err and "Traceback" not in err
@@ -217,7 +217,7 @@ def test_four_trainings_at_once_into_one_fresh_store(mini, tmp_path) -> None:
 
     out = tmp_path / "fresh"  # no store yet: the four race to create it
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "medcl.cli", "train", str(CONFIG), "--data", str(mini), "--output", str(out)]
+    cmd = [sys.executable, "-m", "medcl.cli", "train", str(CONFIG), "--data", str(mini), "--runs", str(out)]
     cmd += ["--steps", "1", "--no-progress", *FAST, "--set", "train.threads=1", "--set", "val.hd95=false"]
     procs = [
         subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(4)

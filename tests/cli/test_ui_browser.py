@@ -105,7 +105,7 @@ def test_ui_shows_the_trained_run_in_chromium(trained_run) -> None:
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     proc = subprocess.Popen(  # no --host: the default must be loopback
-        [sys.executable, "-m", "medcl.cli", "ui", "--output", str(out), "--port", str(port)],
+        [sys.executable, "-m", "medcl.cli", "ui", "--runs", str(out), "--port", str(port)],
         cwd=tempfile.gettempdir(),
         env=env,
         stdout=subprocess.PIPE,

@@ -50,10 +50,10 @@ def test_ui_serves_the_runs_store_on_loopback_and_kill_stops_the_server_tree(
     cmd = ui_command(uri, root, "127.0.0.1", free_port())
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
     port = int(cmd[cmd.index("--port") + 1])
-    # Through the real CLI entry point, from another working directory: the store is found by --output.
+    # Through the real CLI entry point, from another working directory: the store is found by --runs.
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "medcl.cli", "ui", "--output", str(output_dir), "--port", str(port)],
+        [sys.executable, "-m", "medcl.cli", "ui", "--runs", str(output_dir), "--port", str(port)],
         cwd="/",
         env=env,
         stdout=subprocess.PIPE,
@@ -119,7 +119,7 @@ def _pgid(pid: int) -> int | None:
 
 
 def test_bad_port_host_or_store_fail_in_one_line(output_dir: Path, tmp_path: Path, capsys) -> None:
-    base = ["ui", "--output", str(output_dir)]
+    base = ["ui", "--runs", str(output_dir)]
     cases = [
         (["--port", "70000"], "--port 70000 is out of range"),
         (["--port", "0"], "--port 0 is out of range"),
@@ -137,7 +137,7 @@ def test_bad_port_host_or_store_fail_in_one_line(output_dir: Path, tmp_path: Pat
             assert expected in captured.err and captured.err.count("\n") == 1, captured.err
             assert "Traceback" not in captured.err and captured.out == ""
     missing = tmp_path / "typo"
-    assert main(["ui", "--output", str(missing)]) == 1
+    assert main(["ui", "--runs", str(missing)]) == 1
     err = capsys.readouterr().err
     assert f"no MLflow store at {missing / 'mlflow.db'}" in err and err.count("\n") == 1
     assert not missing.exists()
@@ -157,14 +157,14 @@ def test_non_loopback_host_warns_and_passes_allowed_hosts(
 
     monkeypatch.setattr(ui.subprocess, "Popen", stand_in)
     port = str(free_port())
-    assert main(["ui", "--output", str(output_dir), "--host", "0.0.0.0", "--port", port]) == 1
+    assert main(["ui", "--runs", str(output_dir), "--host", "0.0.0.0", "--port", port]) == 1
     err = capsys.readouterr().err
     assert "warning: --host 0.0.0.0 makes the MLflow store" in err and "reachable from the network" in err
     assert "--allowed-hosts" in err and "exited with status 3 before answering" in err
     assert "--allowed-hosts" not in commands[-1]  # MLflow's default: localhost and private addresses
-    args = ["ui", "--output", str(output_dir), "--host", "0.0.0.0", "--port", port]
+    args = ["ui", "--runs", str(output_dir), "--host", "0.0.0.0", "--port", port]
     assert main([*args, "--allowed-hosts", "lab.example.org"]) == 1
     assert commands[-1][commands[-1].index("--allowed-hosts") + 1] == "lab.example.org"
     assert "warning" in capsys.readouterr().err
-    assert main(["ui", "--output", str(output_dir), "--port", port]) == 1
+    assert main(["ui", "--runs", str(output_dir), "--port", port]) == 1
     assert "--allowed-hosts" not in commands[-1] and "warning" not in capsys.readouterr().err

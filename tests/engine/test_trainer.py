@@ -84,3 +84,22 @@ def test_a_nan_loss_names_its_step_before_anything_is_saved(tmp_path) -> None:
     assert method.seen[-1] == 9  # stopped at the end of the window (steps 6..10), not later
     assert [step for step, _ in tracker.metrics] == [5]
     assert not (tmp_path / "checkpoints" / "last.pt").exists()
+
+
+def test_the_schedule_is_reported_once_with_a_warning_for_a_count_past_the_run(tmp_path, caplog) -> None:
+    # optim.warmup_steps=50 (absolute) in a 12-step run never ends; 0.25 (a fraction) is 3 steps.
+    spec = DataSpec(1, 2, ("background", "a"), 2, (4, 4))
+    batches = TrainBatches({"labeled": _Constant()}, seed=0)
+    for warmup, expected, warns in (("50", 50, True), ("0.25", 3, False)):
+        cfg = build_config(
+            {"method": {"name": "supervised"}}, ["train.steps=12", f"optim.warmup_steps={warmup}"]
+        )
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="medcl.schedules"):
+            trainer = Trainer(cfg, _NanAt(cfg, spec, 10**6), spec, batches, [], tmp_path, progress=False)
+        assert trainer.schedule_params == {"optim.warmup_steps_resolved": expected}
+        warnings = [r.getMessage() for r in caplog.records]
+        assert len(warnings) == int(warns)
+        assert not warns or ("optim.warmup_steps=50" in warnings[0] and "train.steps=12" in warnings[0])
+        # The LR schedule uses the same steps: the first step's factor is 1 / warm-up.
+        assert trainer.scheduler.get_last_lr()[0] == pytest.approx(cfg.optim.lr / expected)

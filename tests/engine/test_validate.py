@@ -85,3 +85,27 @@ def test_each_network_is_validated_and_the_selected_one_is_reported(tmp_path) ->
     assert metrics["val/dice/a"] == metrics["val/good/dice/a"] == 1.0
     assert metrics["val/selected/good"] == 1.0 and "val/selected/bad" not in metrics
     assert tracker.metrics == metrics and tracker.images == ["val/overlay_0"]
+
+
+def test_validation_draws_a_progress_bar_per_network_unless_disabled(tmp_path, capsys) -> None:
+    cfg = build_config(
+        {
+            "method": {"name": "supervised"},
+            "data": {"patch_size": [8, 8]},
+            "val": {"hd95": False, "overlays": 0},
+        }
+    )
+    spec = DataSpec(1, 3, ("background", "a", "b"), 2, (8, 8))
+    label = torch.zeros(1, 8, 8, 4)
+    label[0, 2:5, 2:5, 1:3] = 1
+    vols = [{"image": label.clone(), "label": label, "case_id": f"c{i}"} for i in range(2)]
+    for progress in (True, False):
+        trainer = Trainer(
+            cfg, _TwoNets(cfg, spec), spec, None, vols, tmp_path, tracker=_Recorder(), progress=progress
+        )
+        trainer.validate()
+        err = capsys.readouterr().err
+        if progress:
+            assert "validate bad" in err and "validate good" in err and "/2 " in err, err
+        else:
+            assert "validate" not in err

@@ -65,7 +65,14 @@ def test_json_and_csv_files(tmp_path: Path) -> None:
     assert "NaN" not in text  # undefined values are null: strict JSON
     data = json.loads(text)
     assert list(data) == sorted(data)
-    assert set(data) == {"metric_per_case", "mean", "foreground_mean", "problems", "settings"}
+    assert set(data) == {
+        "metric_per_case",
+        "mean",
+        "foreground_mean",
+        "problems",
+        "not_predicted",
+        "settings",
+    }
     c = data["metric_per_case"][2]
     assert c["case"] == "c" and c["prediction"] == "/pred/c.nii.gz" and c["reference"] == "/ref/c.nii.gz"
     assert c["metrics"]["Posterior"] == {"dice": 0.0, "hd95": None, "asd": None, "n_pred": 10, "n_ref": 12}

@@ -26,7 +26,7 @@ ARGS = [
 
 
 def start(mini: Path, out: Path, *extra: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "medcl.cli", "train", str(CONFIG), "--data", str(mini), "--output", str(out)]
+    cmd = [sys.executable, "-m", "medcl.cli", "train", str(CONFIG), "--data", str(mini), "--runs", str(out)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.Popen([*cmd, *ARGS, *extra], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 

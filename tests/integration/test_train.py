@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import mlflow
+import nibabel as nib
 import pytest
 import torch
 
@@ -57,9 +58,15 @@ def test_training_logs_params_metrics_artifacts_and_model(hippocampus, small_spl
     }
     # Artifacts live beside the store, not in the current directory.
     assert str(output_dir) in run.info.artifact_uri
-    # The logged model reloads and segments a slice of the right shape.
-    model = mlflow.pytorch.load_model(result.model_uri)
-    assert model(torch.zeros(2, 1, 64, 64)).shape == (2, 3, 64, 64)
+    # The logged model is a python_function segmenting whole volumes on their own grid (more in
+    # tests/inference/test_mlflow_model.py); its second artifact, the bare network, takes any U-Net size.
+    mlflow.set_tracking_uri(f"sqlite:///{output_dir / 'mlflow.db'}")
+    model = mlflow.pyfunc.load_model(result.model_uri, model_config={"device": "cpu"})
+    image = hippocampus / "imagesTr" / "hippocampus_001.nii.gz"
+    assert model.predict(str(image)).shape == nib.load(image).shape
+    local = Path(mlflow.artifacts.download_artifacts(result.model_uri))
+    network = torch.jit.load(str(local / "artifacts" / "network.ts"))
+    assert network(torch.zeros(2, 1, 96, 96)).shape == (2, 3, 96, 96)
     # The best checkpoint carries what inference needs.
     state = load_checkpoint(result.best_checkpoint)
     assert state["data_spec"]["class_names"] == ["background", "Anterior", "Posterior"]

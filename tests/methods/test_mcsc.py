@@ -181,6 +181,20 @@ def test_ramp_transformer_warmup_and_bad_settings() -> None:
         missing.param_groups()
 
 
+def test_step_counts_given_as_fractions_scale_with_train_steps() -> None:
+    from medcl.methods.base import DataSpec
+
+    spec = DataSpec(1, 3, ("bg", "a", "b"), 2, (64, 64))
+    fractions = ["method.transformer.warmup_steps=0.1", "method.cps_rampup_steps=0.75"]
+    cfg = build_config({"method": {"name": "mcsc"}}, [*PLAIN, *fractions, "train.steps=200"])
+    method = build_method(cfg, spec)
+    assert method.params.transformer.warmup_steps == 20 and method.params.cps_rampup_steps == 150
+    assert cfg.method["cps_rampup_steps"] == 0.75  # the stored config keeps the fraction
+    opt = build_optimizer(method.param_groups(), cfg.optim)
+    build_scheduler(opt, cfg.train.steps, cfg.optim)
+    assert opt.param_groups[1]["lr"] == pytest.approx(cfg.optim.lr / 5 / 20)  # step 0 of a 20-step warm-up
+
+
 def test_pretrained_weights_are_shape_matched(tmp_path: Path) -> None:
     from medcl.methods.base import DataSpec
 

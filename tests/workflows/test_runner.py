@@ -42,7 +42,7 @@ def test_workflow_fails_resumes_and_registers(output_dir: Path, tmp_path: Path, 
     code = _medcl(
         "run",
         WORKFLOW,
-        "--output",
+        "--runs",
         output_dir,
         *sets,
         "--set",
@@ -74,7 +74,7 @@ def test_workflow_fails_resumes_and_registers(output_dir: Path, tmp_path: Path, 
     assert "input not found" in failed_infer.data.tags["medcl.error"]
 
     # Fixed (the file's own input), resumed: only the infer stage runs again, in the same parent run.
-    assert _medcl("run", WORKFLOW, "--output", output_dir, *sets, "--resume", "--no-progress") == 0
+    assert _medcl("run", WORKFLOW, "--runs", output_dir, *sets, "--resume", "--no-progress") == 0
     state = json.loads(state_file.read_text())
     assert state["status"] == "FINISHED" and state["parent_run_id"] == parent
     assert {s: state["stages"][s]["run_id"] for s in first_ids} == first_ids
@@ -124,7 +124,7 @@ def test_workflow_fails_resumes_and_registers(output_dir: Path, tmp_path: Path, 
             output_dir,
             "--input",
             case,
-            "--output",
+            "-o",
             tmp_path / "masks",
             "--device",
             "cpu",
@@ -137,12 +137,12 @@ def test_workflow_fails_resumes_and_registers(output_dir: Path, tmp_path: Path, 
     np.testing.assert_array_equal(by_alias, by_workflow.get_fdata())
 
     # Resuming a finished workflow does nothing.
-    assert _medcl("run", WORKFLOW, "--output", output_dir, *sets, "--resume") == 0
+    assert _medcl("run", WORKFLOW, "--runs", output_dir, *sets, "--resume") == 0
     assert len(_runs(client, "workflow-demo")) == len(runs)
 
 
 def test_invalid_stage_config_stops_before_any_run(output_dir: Path, capsys) -> None:
-    args = ["run", WORKFLOW, "--output", output_dir, "--set", "stages.train.set.optim.lrr=0.1"]
+    args = ["run", WORKFLOW, "--runs", output_dir, "--set", "stages.train.set.optim.lrr=0.1"]
     assert _medcl(*args, "--check") == 0  # --check validates the workflow only, not its training configs
     assert "train              train" in capsys.readouterr().out
     assert _medcl(*args) == 1
@@ -160,7 +160,7 @@ def test_a_running_workflow_is_not_run_twice(output_dir: Path, capsys) -> None:
     lock = output_dir / "workflows" / "demo" / "lock"
     lock.parent.mkdir(parents=True)
     lock.write_text(str(os.getppid()))  # a live process that is not this one
-    assert _medcl("run", WORKFLOW, "--output", output_dir) == 1
+    assert _medcl("run", WORKFLOW, "--runs", output_dir) == 1
     assert f"already running in process {os.getppid()}" in capsys.readouterr().err
     lock.write_text("999999999")  # a stale lock (no such process) is taken over
     from medcl.workflows import WorkflowRunner, load_workflow
