@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from medcl.commands.flags import add_runs_flag
+from medcl.commands.flags import add_compute_flags, add_runs_flag
 from medcl.errors import ConfigError, DataError
 
 _FOLDER_FLAGS = ("pred", "gt", "labels")
@@ -74,18 +74,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument(
         "--tracking-uri", metavar="URI", help="MLflow tracking URI (default: sqlite under --runs)"
     )
-    model.add_argument(
-        "--device",
-        choices=["auto", "cpu", "cuda"],
-        default="auto",
-        help="where the model runs (default auto: CUDA if present); use cpu when the GPU is busy",
-    )
-    model.add_argument(
-        "--precision",
-        choices=["auto", "fp32", "bf16", "fp16"],
-        default="auto",
-        help="network arithmetic: auto = bf16 on CPUs/GPUs with native bf16, fp16 on older GPUs, else fp32",
-    )
+    add_compute_flags(model, batch_size=False)
     p.add_argument(
         "--spacing",
         choices=["mm", "voxel"],

@@ -39,3 +39,29 @@ def add_runs_flag(p: argparse.ArgumentParser | argparse._ArgumentGroup, help: st
     p.add_argument(
         "--output", dest="runs", metavar="DIR", action=DeprecatedAlias, new="--runs", help=argparse.SUPPRESS
     )
+
+
+def add_compute_flags(
+    p: argparse.ArgumentParser | argparse._ArgumentGroup, *, batch_size: bool = True
+) -> None:
+    """``--device``, ``--precision`` and (optionally) ``--batch-size`` of every command that runs a model."""
+    p.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="where the model runs (default auto: CUDA if present); use cpu when the GPU is busy",
+    )
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        default="auto",
+        help="network arithmetic: auto = bf16 on CPUs/GPUs with native bf16, fp16 on older GPUs, else fp32",
+    )
+    if batch_size:
+        p.add_argument(
+            "--batch-size",
+            type=int,
+            default=None,
+            metavar="N",
+            help="sliding windows per forward pass (default: the model's val.sw_batch_size); lower it on OOM",
+        )

@@ -6,6 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
+from medcl.commands.flags import add_compute_flags
 from medcl.errors import MedclError
 
 __all__ = ["InputCase", "add_parser", "collect_inputs", "output_path", "run"]  # noqa: F822 (lazy, below)
@@ -67,22 +68,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default="same",
         help="output format: same as the input (default; DICOM series become NIfTI) or NIfTI",
     )
-    p.add_argument(
-        "--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to run the network"
-    )
-    p.add_argument(
-        "--precision",
-        choices=["auto", "fp32", "bf16", "fp16"],
-        default="auto",
-        help="network arithmetic: auto = bf16 on CPUs/GPUs with native bf16, fp16 on older GPUs, else fp32",
-    )
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        metavar="N",
-        help="sliding windows per forward pass (default: the model's val.sw_batch_size); lower it on OOM",
-    )
+    add_compute_flags(p)
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument(
         "--allow-input-folder",

@@ -6,6 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
+from medcl.commands.flags import add_compute_flags
 from medcl.errors import MedclError
 
 
@@ -81,18 +82,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="write a new splits file with the suggested cases moved from unlabeled to labeled",
     )
     p.add_argument("--overwrite", action="store_true", help="replace existing CSV, montage and splits files")
-    p.add_argument(
-        "--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to run the network"
-    )
-    p.add_argument(
-        "--precision",
-        choices=["auto", "fp32", "bf16", "fp16"],
-        default="auto",
-        help="network arithmetic, as for infer (auto: bf16 where the hardware has it)",
-    )
-    p.add_argument(
-        "--batch-size", type=int, metavar="N", help="sliding windows per forward pass; lower it on OOM"
-    )
+    add_compute_flags(p)
     p.add_argument(
         "--runs",
         metavar="DIR",
