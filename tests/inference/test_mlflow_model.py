@@ -35,13 +35,12 @@ def _load(result):
 def logged(tiny_logged_model):
     """``(result, local model folder, reference Predictor)``."""
     result = tiny_logged_model
-    # models:/ URIs resolve through the default store (MLflow ignores tracking_uri= for them): point it there.
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(_store(result))
-    try:
-        local = Path(mlflow.artifacts.download_artifacts(result.model_uri, tracking_uri=_store(result)))
-    finally:
-        mlflow.set_tracking_uri(previous)
+    # MLflow resolves models:/ URIs through the default store, whatever tracking_uri= says: ask the model's own
+    # store for its location instead, leaving the process-wide tracking URI alone (a module fixture outlives
+    # the per-test reset of it).
+    model_id = result.model_uri.removeprefix("models:/")
+    location = mlflow.MlflowClient(tracking_uri=_store(result)).get_logged_model(model_id).artifact_location
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=location))
     predictor = Predictor.load(str(result.best_checkpoint.with_name("model.pt")), **CPU)
     return result, local, predictor
 
