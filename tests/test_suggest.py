@@ -234,7 +234,9 @@ def test_load_pool_from_splits_with_labeled_groups(hippocampus: Path, tmp_path: 
     assert [c.id for c in pool] == [IDS[3]] and [c.id for c in labeled] == IDS[:3]
     pool, labeled, _ = load_pool(hippocampus, path, labeled_groups=1)
     assert [c.id for c in pool] == [IDS[3], *IDS[1:3]] and [c.id for c in labeled] == IDS[:1]
-    assert pool[0].paths == [hippocampus / "imagesTr" / f"{IDS[3]}.nii.gz"]
+    assert [Path(p).resolve() for p in pool[0].paths] == [
+        (hippocampus / "imagesTr" / f"{IDS[3]}.nii.gz").resolve()
+    ]
     path.write_text(json.dumps({"labeled": IDS, "unlabeled": [], "val": [], "test": []}))
     with pytest.raises(DataError, match="no unlabeled cases.*--labeled N"):
         load_pool(hippocampus, path)
