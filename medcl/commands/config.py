@@ -161,10 +161,10 @@ def _extends_to_name(text: str, source: Path) -> str:
     """
     import re
 
-    from medcl.config import _read_mapping, resolve_extends
+    from medcl.config_files import read_mapping, resolve_extends
     from medcl.shipped import shipped_dir
 
-    value = _read_mapping(source).get("extends")
+    value = read_mapping(source).get("extends")
     if not isinstance(value, str):
         return text
     parent = resolve_extends(value, source).resolve()

@@ -1,0 +1,126 @@
+"""Config files: one YAML file read with clear errors, and the ``extends:`` chain that composes them.
+
+Kept apart from the schema (:mod:`medcl.config`): this is file handling, the schema is what the values mean.
+A file may say ``extends: <config>`` (a path relative to it, or a shipped name such as
+``hippocampus/supervised``); its parent is read first and the file's keys are merged over it.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medcl.errors import ConfigError
+
+__all__ = ["chain_source", "merge_configs", "read_config_chain", "read_mapping", "read_yaml", "resolve_extends"]
+
+
+def read_mapping(path: Path) -> dict[str, Any]:
+    """One YAML file as a dict, with a clear error for a missing or malformed file (no ``extends``)."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def resolve_extends(value: Any, child: Path) -> Path:
+    """The file an ``extends:`` value names: a path relative to the extending file, else a shipped name.
+
+    Args:
+        value: The value of ``extends`` (``supervised.yaml``, ``../cpu/mcsc.yaml``, ``hippocampus/supervised``).
+        child: The file that holds it.
+
+    Raises:
+        ConfigError: ``value`` is not a non-empty string, or names neither a file nor a shipped config.
+    """
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(
+            f"config file {child}: 'extends' must name one config (a path relative to this file, or a shipped "
+            f"name such as hippocampus/supervised), got {value!r}"
+        )
+    candidate = child.parent / Path(value.strip()).expanduser()  # an absolute path stays absolute
+    if candidate.is_file():
+        return candidate
+    from medcl.shipped import shipped_path
+
+    try:
+        return shipped_path("configs", value.strip())
+    except ConfigError:
+        raise ConfigError(
+            f"config file {child} extends {value!r}, which is neither a file (looked for {candidate}) nor a "
+            "shipped config name (`medcl config list` shows them)"
+        ) from None
+
+
+def merge_configs(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    """``child`` deep-merged over ``base``: the child's keys win, sections merge key by key, lists are replaced.
+
+    One exception: a child whose ``method.name`` differs from the base's replaces the whole ``method``
+    section, since the base's method parameters belong to another method.
+    """
+    base_method, child_method = base.get("method"), child.get("method")
+    other_method = (
+        isinstance(base_method, dict)
+        and isinstance(child_method, dict)
+        and "name" in child_method
+        and child_method["name"] != base_method.get("name")
+    )
+    if other_method:
+        base = {**base, "method": {}}
+    return _deep_merge(base, child)
+
+
+def _deep_merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in child.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def read_config_chain(path: str | Path) -> tuple[dict[str, Any], list[Path]]:
+    """A config file with its ``extends`` chain resolved, and the chain (the file first, its root last).
+
+    A file may say ``extends: <config>`` (see :func:`resolve_extends`); that config is read first (itself
+    perhaps extending another) and the file's own keys are merged over it (:func:`merge_configs`).
+
+    Raises:
+        ConfigError: A file of the chain is missing or malformed, a parent cannot be found, or the chain
+            comes back to a file it already holds (the message lists the cycle).
+    """
+    chain: list[Path] = []
+    layers: list[dict[str, Any]] = []
+    current: Path | None = Path(path)
+    while current is not None:
+        if any(current.resolve() == seen.resolve() for seen in chain):
+            cycle = " -> ".join(str(p) for p in [*chain, current])
+            raise ConfigError(f"config 'extends' forms a cycle: {cycle}")
+        data = read_mapping(current)
+        chain.append(current)
+        parent = data.pop("extends", None)
+        layers.append(data)
+        current = resolve_extends(parent, current) if parent is not None else None
+    merged: dict[str, Any] = {}
+    for layer in reversed(layers):
+        merged = merge_configs(merged, layer)
+    return merged, chain
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file into a dict, its ``extends`` chain resolved (:func:`read_config_chain`)."""
+    return read_config_chain(path)[0]
+
+
+def chain_source(chain: list[Path]) -> str:
+    """``a.yaml`` or ``a.yaml, extending b.yaml, extending c.yaml``: where a config's values came from."""
+    return ", extending ".join(str(p) for p in chain)
