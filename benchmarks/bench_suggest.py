@@ -16,7 +16,7 @@ spread. Also reported: the cost of ``suggest`` per case.
 
 Run (CPU; hours at full size, the CPU recipe's 4000 steps per ACDC model):
 ``.venv/bin/python benchmarks/bench_suggest.py --dataset acdc --steps 4000``
-``.venv/bin/python benchmarks/bench_suggest.py --dataset hippocampus --steps 2000``
+``.venv/bin/python benchmarks/bench_suggest.py --dataset hippocampus`` (the CPU recipe, 3000 steps)
 ``.venv/bin/python benchmarks/bench_suggest.py --smoke`` (seconds: tiny model, 3 steps, a pool of a few cases;
 checks the plumbing, the numbers mean nothing)
 
@@ -51,7 +51,7 @@ DATASETS = {
     },
     "hippocampus": {
         "folder": "Task04_Hippocampus",
-        "config": "configs/hippocampus/supervised.yaml",
+        "config": "configs/hippocampus/cpu/supervised.yaml",
         "start": 2,
         "add": 3,
         "group_by": None,

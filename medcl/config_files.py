@@ -15,7 +15,14 @@ import yaml
 
 from medcl.errors import ConfigError
 
-__all__ = ["chain_source", "merge_configs", "read_config_chain", "read_mapping", "read_yaml", "resolve_extends"]
+__all__ = [
+    "chain_source",
+    "merge_configs",
+    "read_config_chain",
+    "read_mapping",
+    "read_yaml",
+    "resolve_extends",
+]
 
 
 def read_mapping(path: Path) -> dict[str, Any]:

@@ -171,8 +171,8 @@ def tiny_checkpoint():
     import torch
 
     from medcl.config import build_config
-    from medcl.engine.checkpoint import save_checkpoint
     from medcl.methods import DataSpec, build_method
+    from medcl.runtime.checkpoint import save_checkpoint
 
     spec = DataSpec(1, 3, ("background", "Anterior", "Posterior"), 2, (64, 64))
 

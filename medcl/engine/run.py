@@ -23,11 +23,12 @@ from medcl.data.sampling import TrainBatches, preprocess_volumes
 from medcl.data.splits import Splits, make_splits
 from medcl.data.transforms import resolve_modality, volume_transforms
 from medcl.data.validate import require_clean
-from medcl.engine import distributed as dist
-from medcl.engine.checkpoint import load_checkpoint, save_checkpoint
-from medcl.engine.trainer import Trainer, TrainResult, resolve_device
+from medcl.engine.trainer import Trainer, TrainResult
 from medcl.errors import ConfigError, DataError, MedclError
 from medcl.methods import DataSpec, build_method
+from medcl.runtime import distributed as dist
+from medcl.runtime.checkpoint import load_checkpoint, save_checkpoint
+from medcl.runtime.device import resolve_device
 from medcl.tracking.lineage import case_files, code_tags
 from medcl.tracking.mlflow_tracking import MlflowTracker, NullTracker, resolve_checkpoint, resolve_store
 

@@ -28,14 +28,15 @@ from tqdm.auto import tqdm
 import medcl
 from medcl.config import Config
 from medcl.data.sampling import TrainBatches, step_loader
-from medcl.engine import distributed as dist
-from medcl.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from medcl.engine.optim import build_optimizer, build_scheduler
 from medcl.errors import MedclError
 from medcl.evaluation.metrics import case_metrics
 from medcl.inference.window import make_inferer, predict_volume
 from medcl.methods.base import DataSpec, Method
 from medcl.precision import resolve_precision, set_compute_dtype
+from medcl.runtime import distributed as dist
+from medcl.runtime.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from medcl.runtime.device import resolve_device
 from medcl.schedules import report_schedule
 from medcl.tracking.mlflow_tracking import NullTracker
 
@@ -62,14 +63,6 @@ class TrainResult:
     validation_seconds: float = 0.0
     #: ``val/dice_mean`` of the last validation (the final model's, when validation ran at the last step).
     final_dice: float | None = None
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise MedclError("train.device is 'cuda' but no CUDA device is available; use 'cpu' or 'auto'")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def overlay(image: np.ndarray, label: np.ndarray, pred: np.ndarray) -> np.ndarray:

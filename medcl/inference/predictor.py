@@ -27,12 +27,12 @@ from monai.transforms import Compose, Invertd, KeepLargestConnectedComponent, Lo
 from medcl.config import build_config
 from medcl.data.io import read_sitk
 from medcl.data.transforms import volume_transforms
-from medcl.engine.checkpoint import atomic_tempfile, load_checkpoint
-from medcl.engine.trainer import resolve_device
 from medcl.errors import DataError
 from medcl.inference.window import make_inferer
 from medcl.methods import DataSpec, build_method
 from medcl.precision import resolve_precision, set_compute_dtype
+from medcl.runtime.checkpoint import atomic_tempfile, load_checkpoint
+from medcl.runtime.device import resolve_device
 from medcl.tracking.mlflow_tracking import resolve_checkpoint
 
 log = logging.getLogger(__name__)

@@ -51,8 +51,8 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor, nn
 
-from medcl.engine.distributed import rank, world_size
 from medcl.losses.ntxent import contrastive_loss, gather, gather_with_grad, same_id, self_pairs
+from medcl.runtime.distributed import rank, world_size
 
 GlobalStrategy = Literal["GR", "GD-", "GD"]
 GLOBAL_STRATEGIES: tuple[str, ...] = get_args(GlobalStrategy)

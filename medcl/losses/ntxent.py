@@ -30,7 +30,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from medcl.engine.distributed import is_distributed, rank, world_size
+from medcl.runtime.distributed import is_distributed, rank, world_size
 
 __all__ = [
     "contrastive_loss",

@@ -177,7 +177,7 @@ def model_lineage(source: str, checkpoint: Path, store: str | None) -> dict[str,
         found["run_id"] = source
     if "run_id" not in found and "model_id" not in found:
         try:
-            from medcl.engine.checkpoint import load_checkpoint
+            from medcl.runtime.checkpoint import load_checkpoint
 
             run_id = load_checkpoint(checkpoint).get("mlflow_run_id")
             if run_id:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from medcl.engine.checkpoint import load_checkpoint
+from medcl.runtime.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "hippocampus" / "supervised.yaml"

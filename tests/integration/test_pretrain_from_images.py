@@ -17,9 +17,9 @@ import torch
 from medcl.cli import main
 from medcl.config import load_config
 from medcl.data.dataset import load_dataset
-from medcl.engine.checkpoint import load_checkpoint
 from medcl.engine.run import data_spec, init_weights
 from medcl.methods import build_method
+from medcl.runtime.checkpoint import load_checkpoint
 from medcl.tracking.mlflow_tracking import resolve_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]

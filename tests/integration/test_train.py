@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from medcl.config import build_config
-from medcl.engine.checkpoint import load_checkpoint
 from medcl.engine.run import train
 from medcl.engine.trainer import Trainer
+from medcl.runtime.checkpoint import load_checkpoint
 
 FAST = [
     "model.features=[8, 8, 16, 32, 64, 8]",

@@ -277,8 +277,8 @@ def test_pretrain_then_finetune_through_the_engine(
 ) -> None:
     import json
 
-    from medcl.engine.checkpoint import load_checkpoint
     from medcl.engine.run import train
+    from medcl.runtime.checkpoint import load_checkpoint
 
     ids = [f"patient00{i}_frame0{f}" for i in (3, 4, 5) for f in (1, 2)]
     splits = tmp_path / "splits.json"

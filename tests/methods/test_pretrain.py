@@ -14,11 +14,11 @@ from medcl.config import build_config
 from medcl.data.dataset import load_dataset
 from medcl.data.sampling import preprocess_volumes
 from medcl.data.transforms import volume_transforms
-from medcl.engine.checkpoint import load_checkpoint
 from medcl.engine.run import data_spec
 from medcl.errors import ConfigError
 from medcl.methods import build_method
 from medcl.methods.pretrain import embedding_stats
+from medcl.runtime.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = ["model.features=[8, 8, 16, 32, 64, 8]", "method.volumes_per_batch=2"]

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from medcl.config import OptimConfig
-from medcl.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from medcl.engine.optim import lr_factor
 from medcl.errors import MedclError
+from medcl.runtime.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 
 def test_checkpoint_round_trip_is_weights_only(tmp_path: Path) -> None:
