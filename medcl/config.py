@@ -6,28 +6,28 @@ from another with ``extends: <config>`` and override its keys (:func:`read_confi
 validated before any work starts: an unknown key fails with its dotted name and the keys allowed at that
 level, an ill-typed value with the expected type and the value given.
 
-The ``method`` section is owned by the method: ``method.name`` picks a class from
-:data:`medcl.methods.METHODS` and the remaining keys are validated by that class's ``Params`` model.
+This module is the schema only and imports no other layer of medcl. The ``method`` section is owned by the
+method: ``method.name`` picks a class from :data:`medcl.methods.METHODS`, whose ``Params`` (a subclass of
+:class:`MethodParams`) types the section. Reading files, applying ``--set`` overrides and that one validation
+of the method section happen above the methods (:func:`medcl.methods.validate_config`,
+:mod:`medcl.services.configs`), so a validated :class:`Config` holds the method's typed ``Params``.
 """
 
 from __future__ import annotations
 
-import copy
 import re
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
-from medcl.config_files import (  # noqa: F401 (re-exported: callers import them from medcl.config)
-    chain_source,
-    merge_configs,
-    read_config_chain,
-    read_yaml,
-    resolve_extends,
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
 )
-from medcl.errors import ConfigError
+
 from medcl.schedules import StepCount
 
 #: Rule for names that become folder names (workflow, stage and run names): a letter, then letters, digits,
@@ -39,6 +39,15 @@ class Section(BaseModel):
     """Base for config sections: unknown keys are errors, assignments are validated."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class MethodParams(Section):
+    """Base of a method's own config section (``method.*``): each method subclasses it with its keys."""
+
+    name: str = Field(
+        "supervised",
+        description="The method (`medcl.methods.METHODS`); its own keys are in the tables below.",
+    )
 
 
 class AugmentConfig(Section):
@@ -249,7 +258,9 @@ class TrackingConfig(Section):
 class Config(Section):
     """A whole run."""
 
-    method: dict[str, Any] = Field(default_factory=lambda: {"name": "supervised"})
+    method: SerializeAsAny[MethodParams] = Field(
+        default_factory=MethodParams, description="The method's own section, typed by its Params."
+    )
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
@@ -259,19 +270,12 @@ class Config(Section):
     output: str = Field("medcl_runs", description="Folder for run folders, checkpoints and the MLflow store.")
     init: str | None = Field(None, description="Initialise weights from a checkpoint or MLflow run.")
 
-    @field_validator("method")
-    @classmethod
-    def _method_has_name(cls, value: dict[str, Any]) -> dict[str, Any]:
-        if not isinstance(value.get("name"), str):
-            raise ValueError("method.name is required (e.g. 'supervised')")
-        return value
-
     @property
     def method_name(self) -> str:
-        return self.method["name"]
+        return self.method.name
 
 
-def _format_validation_error(err: ValidationError, prefix: str, source: str) -> str:
+def format_validation_error(err: ValidationError, prefix: str, source: str) -> str:
     """Turn pydantic's error list into one readable message per key."""
     lines = []
     for e in err.errors():
@@ -301,82 +305,6 @@ def _allowed_keys(dotted: str) -> list[str]:
         model = field.annotation
     fields = getattr(model, "model_fields", None)
     return sorted(fields) if fields else []
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """Parse ``a.b=value``; the value is read as YAML (``3``, ``0.1``, ``true``, ``[64, 64]``, ``null``)."""
-    if "=" not in text:
-        raise ConfigError(f"--set expects KEY=VALUE (e.g. optim.lr=3e-4), got {text!r}")
-    key, raw = text.split("=", 1)
-    key = key.strip()
-    if not key or any(not p for p in key.split(".")):
-        raise ConfigError(f"--set has an empty key in {text!r}")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    return key, value
-
-
-def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
-    """Set ``tree[a][b] = value`` for ``key='a.b'``, creating dicts on the way."""
-    parts = key.split(".")
-    node = tree
-    for i, part in enumerate(parts[:-1]):
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise ConfigError(f"--set {key}: '{'.'.join(parts[: i + 1])}' is a value, not a section")
-        node = child
-    node[parts[-1]] = value
-
-
-def build_config(
-    raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = (), source: str = ""
-) -> Config:
-    """Validate a raw config dict after applying ``--set`` overrides; the method section is validated too."""
-    raw = copy.deepcopy(raw)
-    raw.setdefault("method", {"name": "supervised"})
-    for item in overrides:
-        key, value = parse_override(item)
-        set_dotted(raw, key, value)
-    where = f" ({source})" if source else ""
-    try:
-        cfg = Config.model_validate(raw)
-    except ValidationError as err:
-        raise ConfigError(_format_validation_error(err, "", where)) from None
-    cfg.method = validate_method_section(cfg.method, where)
-    return cfg
-
-
-def validate_method_section(section: dict[str, Any], where: str = "") -> dict[str, Any]:
-    """Validate ``method.*`` with the ``Params`` model of the named method; return it with defaults filled."""
-    from medcl.methods import METHODS
-
-    name = section["name"]
-    if name not in METHODS:
-        raise ConfigError(f"unknown method.name {name!r}{where}; available: {', '.join(sorted(METHODS))}")
-    params = {k: v for k, v in section.items() if k != "name"}
-    try:
-        parsed = METHODS[name].Params.model_validate(params)
-    except ValidationError as err:
-        msg = _format_validation_error(err, "method", where)
-        for e in err.errors():
-            if e["type"] == "extra_forbidden":
-                allowed = ", ".join(["name", *sorted(METHODS[name].Params.model_fields)])
-                msg = msg.replace(
-                    f"unknown config key 'method.{e['loc'][0]}'",
-                    f"unknown config key 'method.{e['loc'][0]}' (allowed for {name}: {allowed})",
-                )
-        raise ConfigError(msg) from None
-    return {"name": name, **parsed.model_dump(mode="json")}
-
-
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read (``extends`` resolved), override and validate a YAML config file."""
-    raw, chain = read_config_chain(path)
-    return build_config(raw, overrides, source=chain_source(chain))
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

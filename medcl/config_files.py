@@ -8,6 +8,7 @@ A file may say ``extends: <config>`` (a path relative to it, or a shipped name s
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +17,20 @@ import yaml
 from medcl.errors import ConfigError
 
 __all__ = [
+    "apply_overrides",
     "chain_source",
     "merge_configs",
+    "parse_override",
     "read_config_chain",
     "read_mapping",
     "read_yaml",
     "resolve_extends",
+    "set_dotted",
 ]
+
+#: One override: ``"a.b=value"`` text from ``--set`` (the value read as YAML) or a ``("a.b", value)`` pair
+#: from a typed command-line flag (the value kept as given: ``--runs 2024`` stays the string ``"2024"``).
+Override = str | tuple[str, Any]
 
 
 def read_mapping(path: Path) -> dict[str, Any]:
@@ -131,3 +139,41 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 def chain_source(chain: list[Path]) -> str:
     """``a.yaml`` or ``a.yaml, extending b.yaml, extending c.yaml``: where a config's values came from."""
     return ", extending ".join(str(p) for p in chain)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse ``a.b=value``; the value is read as YAML (``3``, ``0.1``, ``true``, ``[64, 64]``, ``null``)."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects KEY=VALUE (e.g. optim.lr=3e-4), got {text!r}")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not p for p in key.split(".")):
+        raise ConfigError(f"--set has an empty key in {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``tree[a][b] = value`` for ``key='a.b'``, creating dicts on the way."""
+    parts = key.split(".")
+    node = tree
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: '{'.'.join(parts[: i + 1])}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[Override] = ()) -> dict[str, Any]:
+    """A copy of ``raw`` with every override set, in order (a later one wins)."""
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        key, value = parse_override(item) if isinstance(item, str) else item
+        set_dotted(raw, key, value)
+    return raw

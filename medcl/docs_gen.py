@@ -27,11 +27,8 @@ BEGIN = "<!-- BEGIN GENERATED: configuration reference (python -m medcl.docs_gen
 END = "<!-- END GENERATED: configuration reference -->"
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 
-#: Descriptions of the top-level fields that have no ``Field(description=...)`` of their own.
-_SECTION_NOTES = {
-    "method": "The method's section: `name` picks the method from `medcl.methods.METHODS`; the other keys "
-    "are that method's parameters (tables below).",
-}
+#: Descriptions of fields that have no ``Field(description=...)`` of their own.
+_SECTION_NOTES: dict[str, str] = {}
 
 
 def _value(value: Any) -> str:
@@ -155,7 +152,7 @@ def reference() -> str:
             "",
             f"{_first_line(cls.__doc__)} Keys of `{cls.Params.__name__}` in `{module}`:",
             "",
-            *_table(rows(cls.Params, "method.")),
+            *_table([row for row in rows(cls.Params, "method.") if row[0] != "method.name"]),
         ]
     return "\n".join([*lines, "", END])
 

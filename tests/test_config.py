@@ -6,9 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from medcl.config import build_config, describe, flatten, load_config, parse_override
+from medcl.config import describe, flatten
+from medcl.config_files import parse_override
 from medcl.errors import ConfigError
 from medcl.methods import METHODS
+from medcl.methods.supervised import SupervisedParams
+from medcl.services.configs import build_config, load_config
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*/*.yaml"))
 
@@ -29,7 +32,8 @@ def test_overrides_reach_nested_keys_and_are_typed() -> None:
 
 def test_method_section_gets_defaults_from_the_method() -> None:
     cfg = build_config({"method": {"name": "supervised", "ce_weight": 0.5}})
-    assert cfg.method == {
+    assert isinstance(cfg.method, SupervisedParams)
+    assert cfg.method.model_dump() == {
         "name": "supervised",
         "dice_weight": 1.0,
         "ce_weight": 0.5,
@@ -104,3 +108,34 @@ def test_flatten_and_describe_cover_every_key() -> None:
     keys = {row[0] for row in describe()}
     assert {"optim.lr", "data.augment.rotate_deg", "tracking.experiment"} <= keys
     assert all(desc for key, _, desc in describe() if not key.startswith(("method", "output", "init")))
+
+
+def test_flag_values_are_typed_not_reread_as_yaml(tmp_path) -> None:
+    """A flag's value reaches the config as given: a numeric folder name, 'yes' and 'a: b' stay strings."""
+    import argparse
+
+    from medcl.commands.common import add_training_flags, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_training_flags(parser)
+    for folder in ("2024", "yes", str(tmp_path / "a: b")):
+        args = parser.parse_args(
+            ["hippocampus/supervised", "--runs", folder, "--data", folder, "--steps", "7"]
+        )
+        cfg = config_from_args(args)
+        assert (cfg.output, cfg.data.path, cfg.train.steps) == (folder, folder, 7)
+    # --set still reads YAML, and the typed flags win over it
+    args = parser.parse_args(["hippocampus/supervised", "--set", "train.steps=9", "--set", "optim.lr=1e-3"])
+    assert (config_from_args(args).train.steps, config_from_args(args).optim.lr) == (9, 1e-3)
+    args = parser.parse_args(["hippocampus/supervised", "--set", "train.steps=9", "--steps", "5"])
+    assert config_from_args(args).train.steps == 5
+
+
+def test_the_schema_imports_no_method() -> None:
+    """config.py is the schema only: importing it loads no method module (no import cycle)."""
+    import subprocess
+    import sys
+
+    code = "import sys, medcl.config; print(any(m.startswith('medcl.methods') for m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from medcl.config import load_config, merge_configs, read_config_chain, read_yaml
+from medcl.config_files import merge_configs, read_config_chain, read_yaml
 from medcl.errors import ConfigError
+from medcl.services.configs import load_config
 from medcl.shipped import shipped_dir, shipped_names
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,7 +55,7 @@ def test_child_keys_win_sections_merge_and_lists_are_replaced(tmp_path: Path) ->
         "val": {"every": 7},
     }
     cfg = load_config(tmp_path / "sub" / "child.yaml")
-    assert cfg.data.patch_size == [96, 96] and cfg.method["ce_weight"] == 0.5 and cfg.train.steps == 100
+    assert cfg.data.patch_size == [96, 96] and cfg.method.ce_weight == 0.5 and cfg.train.steps == 100
 
 
 def test_a_chain_of_three_and_a_shipped_name(tmp_path: Path) -> None:

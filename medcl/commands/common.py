@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import TYPE_CHECKING
 
 from medcl.commands.flags import add_runs_flag
 
 if TYPE_CHECKING:  # pydantic is imported when a config is read, not for `medcl --help`
     from medcl.config import Config
+    from medcl.config_files import Override
 
 SPLITS_HELP = "splits.json from `medcl data split` -> data.splits (default: seeded 80/20)"
 
@@ -97,29 +97,17 @@ def add_training_flags(
 
 def config_from_args(args: argparse.Namespace) -> Config:
     """Config file + flags + ``--set`` overrides, validated before any work."""
-    overrides = list(args.overrides)
-    for flag, key in (
-        ("data", "data.path"),
-        ("splits", "data.splits"),
-        ("init", "init"),
-        ("labeled", "data.labeled"),
-        ("steps", "train.steps"),
-        ("seed", "train.seed"),
-        ("runs", "output"),
-        ("tracking_uri", "tracking.uri"),
-        ("device", "train.device"),
-        ("modality", "data.modality"),
-    ):
-        value = getattr(args, flag, None)
-        if value is not None:
-            overrides.append(f"{key}={value}")
-    # Folder lists as JSON (valid YAML), so a path with ',', ':' or spaces stays one string.
+    overrides: list[Override] = list(args.overrides)  # --set text first, then the typed flags
+    from medcl.services.training_options import TRAINING_OPTIONS, training_overrides
+
+    flags = training_overrides(**{name: getattr(args, name, None) for name in TRAINING_OPTIONS})
+    overrides.extend(flags.items())  # typed: never re-read as YAML
     if getattr(args, "images", None):
-        overrides.append(f"data.images={json.dumps(args.images)}")
+        overrides.append(("data.images", list(args.images)))
     if getattr(args, "unlabeled", None):
         dirs = args.unlabeled
-        overrides.append(f"data.unlabeled_dir={json.dumps(dirs[0] if len(dirs) == 1 else dirs)}")
-    from medcl.config import load_config
+        overrides.append(("data.unlabeled_dir", dirs[0] if len(dirs) == 1 else list(dirs)))
+    from medcl.services.configs import load_config
     from medcl.shipped import find_file
 
     return load_config(find_file("configs", args.config), overrides)  # a file, else a shipped config
