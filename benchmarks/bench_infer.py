@@ -29,13 +29,14 @@ from pathlib import Path
 
 import torch
 
-from medcl.config import load_config
 from medcl.data.dataset import load_dataset
-from medcl.engine.run import data_spec
-from medcl.inference.predictor import Predictor, write_labels
+from medcl.engine.data_setup import data_spec
+from medcl.inference.outputs import write_labels
+from medcl.inference.predictor import Predictor
 from medcl.inference.window import make_inferer
 from medcl.methods import build_method
 from medcl.runtime.checkpoint import save_checkpoint
+from medcl.services.configs import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from medcl.data.dataset import IMAGE_EXTENSIONS
 from medcl.errors import MedclError
-from medcl.inference.predictor import NIFTI_SUFFIXES, image_suffix
+from medcl.inference.outputs import NIFTI_SUFFIXES, image_suffix
 
 _CHANNEL = re.compile(r"_\d{4}$")
 

@@ -270,23 +270,6 @@ class MlflowTracker:
                 logged[context] = dataset
         return logged
 
-    def log_model(
-        self, checkpoint: str | Path, network: str | Path | None = None, name: str = "model"
-    ) -> str | None:
-        """Log the deployable model: a ``python_function`` segmenting paths or arrays on their own grid.
-
-        See :mod:`medcl.inference.mlflow_model`: medcl's source travels in the model (``code_paths``), the
-        inference ``checkpoint`` is its weights, and ``network`` (TorchScript of the bare network), when given,
-        is a second artifact. Requirements are given explicitly because inferring them takes seconds.
-        """
-        from medcl.inference.mlflow_model import log_segmentation_model
-
-        try:
-            return log_segmentation_model(checkpoint, network, name=name).model_uri
-        except Exception as exc:  # a logging failure must not lose the finished run
-            log.warning("could not log the MLflow model (%s); the checkpoint artifact is still logged", exc)
-            return None
-
     def end(self, status: str = "FINISHED") -> None:
         """End the run with ``status``; a Ctrl-C or SIGTERM arriving meanwhile waits until the run is ended.
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from medcl.config import build_config
-from medcl.engine.run import check_init_preprocessing
+from medcl.engine.resume import check_init_preprocessing
 from medcl.errors import ConfigError, MedclError
+from medcl.services.configs import build_config
 from medcl.tracking.mlflow_tracking import pick_checkpoint
 
 
@@ -43,10 +43,10 @@ def test_other_modality_is_refused_with_the_fix() -> None:
 
 def test_other_ct_window_warns_with_the_key(caplog: pytest.LogCaptureFixture) -> None:
     cfg = build_config({}, ["data.modality=ct"])
-    with caplog.at_level(logging.WARNING, logger="medcl.engine.run"):
+    with caplog.at_level(logging.WARNING, logger="medcl.engine.resume"):
         check_init_preprocessing(_init("ct", ct_window=[-1000, 1000]), "RUN", cfg, "ct")
     assert "data.ct_window=[-1000, 1000]" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="medcl.engine.run"):
+    with caplog.at_level(logging.WARNING, logger="medcl.engine.resume"):
         check_init_preprocessing(_init("ct", ct_window=list(cfg.data.ct_window)), "RUN", cfg, "ct")
     assert caplog.text == ""

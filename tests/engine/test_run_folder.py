@@ -1,4 +1,4 @@
-"""engine/run.py: run folders are claimed atomically, one folder per run."""
+"""engine/run_folder.py: run folders are claimed atomically, one folder per run."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from medcl.engine.run import claim_run_dir
+from medcl.engine.run_folder import claim_run_dir
 from medcl.errors import MedclError
 
 

@@ -6,12 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from medcl.config import build_config
 from medcl.data.sampling import TrainBatches
 from medcl.engine.trainer import Trainer
 from medcl.errors import MedclError
 from medcl.methods.base import DataSpec, Method
 from medcl.methods.supervised import SupervisedParams
+from medcl.services.configs import build_config
 
 
 class _Constant:

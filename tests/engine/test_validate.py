@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from medcl.config import build_config
 from medcl.engine.trainer import Trainer
 from medcl.methods.base import DataSpec, Method
 from medcl.methods.supervised import SupervisedParams
+from medcl.services.configs import build_config
 
 
 class _Oracle(nn.Module):

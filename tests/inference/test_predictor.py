@@ -11,9 +11,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from medcl.data.validate import read_volume
+from medcl.data.volume import read_volume
 from medcl.errors import MedclError
-from medcl.inference.predictor import Predictor, write_labels
+from medcl.inference.outputs import write_labels
+from medcl.inference.predictor import Predictor
 
 
 class SignOfImage(torch.nn.Module):

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from medcl.inference.predictor import Predictor, write_labels, write_map
+from medcl.inference.outputs import write_labels, write_map
+from medcl.inference.predictor import Predictor
 from medcl.inference.uncertainty import (
     dice_agreement,
     disagreement_map,

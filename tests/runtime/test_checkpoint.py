@@ -159,7 +159,7 @@ def test_lr_schedules() -> None:
 
 @pytest.mark.parametrize("umask", [0o022, 0o077])
 def test_checkpoints_and_masks_follow_the_umask(tmp_path: Path, hippocampus: Path, umask: int) -> None:
-    from medcl.inference.predictor import write_labels
+    from medcl.inference.outputs import write_labels
 
     old = os.umask(umask)
     try:
