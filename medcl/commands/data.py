@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from medcl.errors import DataError
 
@@ -140,8 +139,9 @@ def run_check(args: argparse.Namespace) -> int:
     Raises:
         MedclError: The dataset cannot be loaded or the JSON report cannot be written.
     """
+    from medcl.data.check_report import format_report, write_report_json
     from medcl.data.dataset import load_dataset, refuse_writing_inside
-    from medcl.data.validate import check_dataset, format_report, write_report_json
+    from medcl.data.validate import check_dataset
 
     images = getattr(args, "images", None)
     if images and (args.dir or args.unlabeled_dir):
@@ -191,28 +191,26 @@ def run_split(args: argparse.Namespace) -> int:
         MedclError: The dataset cannot be loaded, the amounts do not fit, or the output path is inside the
             dataset folder or exists without ``--force``.
     """
-    from medcl.data.dataset import load_dataset, refuse_writing_inside
-    from medcl.data.splits import SUBSETS, make_splits
+    from medcl.services.split import split_dataset, subset_sizes
 
-    info = load_dataset(args.dir, unlabeled_dir=args.unlabeled_dir)
-    output = Path(args.output).expanduser().resolve()
-    refuse_writing_inside(info.root, output, "-o")
-    if output.is_dir():
-        raise DataError(f"Output {output} is a folder; give a file name such as {output / 'splits.json'}.")
-    if output.exists() and not args.force:
-        raise DataError(f"Splits file {output} already exists; pass --force to overwrite it.")
-
-    splits = make_splits(
-        info, labeled=args.labeled, val=args.val, test=args.test, seed=args.seed, group_by=args.group_by
+    result = split_dataset(
+        args.dir,
+        args.output,
+        labeled=args.labeled,
+        val=args.val,
+        test=args.test,
+        seed=args.seed,
+        group_by=args.group_by,
+        unlabeled_dir=args.unlabeled_dir,
+        overwrite=args.force,
     )
-    splits.save(output)
-    groups = splits.meta["groups"]
-    for name in SUBSETS:
-        line = f"{name:<10} {len(getattr(splits, name)):>5} cases"
+    groups = result.splits.meta["groups"]
+    for name, n in subset_sizes(result.splits).items():
+        line = f"{name:<10} {n:>5} cases"
         if args.group_by and name != "unlabeled":
             line += f" ({groups[name]} groups)"
-        if name == "unlabeled" and info.unlabeled:
-            line += f" (incl. {len(info.unlabeled)} images without labels)"
+        if name == "unlabeled" and result.info.unlabeled:
+            line += f" (incl. {len(result.info.unlabeled)} images without labels)"
         print(line)
-    print(f"splits written to {output}")
+    print(f"splits written to {result.path}")
     return 0

@@ -3,22 +3,32 @@
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 from medcl.commands.flags import add_compute_flags
 from medcl.errors import MedclError
 
-__all__ = ["InputCase", "add_parser", "collect_inputs", "output_path", "run"]  # noqa: F822 (lazy, below)
+__all__ = [  # noqa: F822 (lazy, below)
+    "InputCase",
+    "add_parser",
+    "collect_inputs",
+    "output_path",
+    "run",
+    "uncertainty_path",
+]
 
 
 def __getattr__(name: str):
-    """The re-exported names of :mod:`medcl.inference.inputs`, imported on first use: importing it pulls in
-    torch and MONAI, which `medcl --help` must not wait for."""
+    """The re-exported names of :mod:`medcl.inference.inputs` and :mod:`medcl.services.segment`, imported on
+    first use: importing them pulls in torch and MONAI, which `medcl --help` must not wait for."""
     if name in ("InputCase", "collect_inputs", "output_path"):
         from medcl.inference import inputs
 
         return getattr(inputs, name)
+    if name == "uncertainty_path":
+        from medcl.services import segment
+
+        return segment.uncertainty_path
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -86,21 +96,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def uncertainty_path(mask: Path) -> Path:
-    """``<case>_uncertainty<suffix>`` beside the mask ``<case><suffix>``, in the mask's format."""
-    from medcl.inference.predictor import image_suffix
-
-    suffix = image_suffix(mask)
-    return mask.with_name(mask.name[: len(mask.name) - len(suffix)] + "_uncertainty" + suffix)
-
-
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
+    """Run ``medcl infer``; 1 when any case failed (the others are written)."""
     from tqdm.auto import tqdm
 
     from medcl.data.dataset import dataset_roots_of, refuse_writing_inside
-    from medcl.inference.inputs import collect_inputs, output_path
-    from medcl.inference.predictor import Predictor, write_labels, write_map
+    from medcl.inference.inputs import collect_inputs
+    from medcl.inference.predictor import Predictor
+    from medcl.services.segment import segment_cases
 
     out_dir = Path(args.output).expanduser().resolve()
     cases = collect_inputs(args.input)  # bad input lists fail before the model loads
@@ -120,49 +123,28 @@ def run(args: argparse.Namespace) -> int:
         raise MedclError(
             f"--output {out_dir} holds input images; choose another folder (or --allow-input-folder)"
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
+    result = segment_cases(
+        predictor,
+        cases,
+        out_dir,
+        fmt=args.format,
+        tta=args.tta,
+        postprocess=args.postprocess,
+        probabilities=args.save_probabilities,
+        uncertainty=args.uncertainty,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+        on_error=lambda name, exc: tqdm.write(f"medcl: error: {name}: {exc}"),
+    )
     names = predictor.class_names
-    rows, failures = [], []
-    for case in tqdm(cases, desc="infer", disable=args.no_progress, dynamic_ncols=True):
-        target = output_path(case, out_dir, args.format)
-        try:
-            if target.exists() and not args.overwrite:
-                raise MedclError(f"{target} exists; pass --overwrite to replace it")
-            if any(target.resolve() == p.resolve() for p in case.paths):
-                raise MedclError(f"{target} would overwrite its own input")
-            start = time.perf_counter()
-            unc_target = uncertainty_path(target) if args.uncertainty else None
-            if unc_target is not None and unc_target.exists() and not args.overwrite:
-                raise MedclError(f"{unc_target} exists; pass --overwrite to replace it")
-            seg = predictor.segment(
-                case.paths,
-                tta=args.tta,
-                postprocess=args.postprocess,
-                probabilities=args.save_probabilities,
-                uncertainty=args.uncertainty,
-            )
-            write_labels(seg.labels, case.paths[0], target)
-            if unc_target is not None and seg.uncertainty is not None:
-                write_map(seg.uncertainty, case.paths[0], unc_target)
-            if seg.probabilities is not None:
-                np.savez_compressed(
-                    out_dir / f"{case.name}_probabilities.npz",
-                    probabilities=seg.probabilities.astype(np.float16),
-                    class_names=np.array(names),
-                )
-            counts = np.bincount(seg.labels.ravel(), minlength=len(names))
-            rows.append((case.name, time.perf_counter() - start, counts))
-        except Exception as exc:  # one bad case must not stop the others
-            if not isinstance(exc, MedclError | OSError | RuntimeError | ValueError):
-                raise
-            failures.append((case.name, str(exc)))
-            tqdm.write(f"medcl: error: {case.name}: {exc}")
-    width = max([len(r[0]) for r in rows] + [4])
+    width = max([len(case.name) for case in result.written] + [4])
     print(f"{'case':<{width}} {'seconds':>8} " + " ".join(f"{n[:12]:>12}" for n in names[1:]))
-    for name, seconds, counts in rows:
-        print(f"{name:<{width}} {seconds:>8.2f} " + " ".join(f"{int(c):>12}" for c in counts[1:]))
-    print(f"{len(rows)} of {len(cases)} case(s) written to {out_dir} (voxels per class)")
-    if failures:
-        print(f"{len(failures)} case(s) failed: " + ", ".join(n for n, _ in failures))
+    for case in result.written:
+        print(
+            f"{case.name:<{width}} {case.seconds:>8.2f} " + " ".join(f"{int(c):>12}" for c in case.counts[1:])
+        )
+    print(f"{len(result.written)} of {len(cases)} case(s) written to {out_dir} (voxels per class)")
+    if result.failures:
+        print(f"{len(result.failures)} case(s) failed: " + ", ".join(n for n, _ in result.failures))
         return 1
     return 0

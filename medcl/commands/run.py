@@ -64,9 +64,9 @@ def run(args: argparse.Namespace) -> int:
 
     overrides = list(args.overrides)
     if args.runs is not None:
-        overrides.append(f"output={args.runs}")
+        overrides.append(("output", args.runs))  # typed: a folder named 2024 stays a string
     if args.tracking_uri is not None:
-        overrides.append(f"tracking_uri={args.tracking_uri}")
+        overrides.append(("tracking_uri", args.tracking_uri))
     from medcl.shipped import find_file
 
     path = find_file("workflows", args.workflow)  # a file, else a shipped workflow by name
@@ -97,7 +97,7 @@ def missing_data(wf) -> list[str]:
 
 def describe(wf) -> str:
     """The stages of a validated workflow, one line each, with missing config files marked."""
-    from medcl.workflows.runner import state_path
+    from medcl.workflows.state import state_path
 
     lines = [
         f"workflow {wf.name}: {len(wf.stages)} stage(s), experiment {wf.experiment_name!r}, output {wf.output}"

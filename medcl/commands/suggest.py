@@ -12,7 +12,7 @@ from medcl.errors import MedclError
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Add ``suggest`` to the top-level parser."""
-    from medcl.suggest_strategies import STRATEGIES  # torch-free: --help must not load torch
+    from medcl.suggest.strategies import STRATEGIES  # torch-free: --help must not load torch
 
     p = subparsers.add_parser(
         "suggest",
@@ -104,7 +104,6 @@ def run(args: argparse.Namespace) -> int:
     """Run ``medcl suggest``; 0 on success."""
     import numpy as np
 
-    from medcl.commands.evaluate import _evaluation_store  # one rule for which store gets a run
     from medcl.data.dataset import refuse_writing_inside
     from medcl.errors import ConfigError
     from medcl.inference.predictor import Predictor
@@ -118,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         updated_splits,
         write_csv,
     )
-    from medcl.tracking.stores import find_checkpoint
+    from medcl.tracking.stores import find_checkpoint, results_store
 
     if args.budget < 1:
         raise ConfigError(f"--budget must be at least 1; got {args.budget}")
@@ -131,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     if args.update_splits and Path(args.update_splits).resolve() == Path(args.splits).resolve():
         raise MedclError("--update-splits must name a new file, not the --splits file it starts from")
     checkpoint, model_store = find_checkpoint(args.model, args.tracking_uri, args.runs)
-    store, runs = _evaluation_store(args, model_store)
+    store, runs = results_store(args.tracking_uri, args.runs, model_store)  # as for evaluate
     if args.output:
         csv_path = Path(args.output)
         png_path = csv_path.with_name(csv_path.stem + "_montage.png")

@@ -225,3 +225,42 @@ def find_checkpoint(
             )
         return found[0], uri
     return (pick_checkpoint(local) if local.is_dir() else local), uri  # runs:/<id>/checkpoints: a folder
+
+
+def results_store(
+    tracking_uri: str | None, runs: str | Path | None, model_store: str | None
+) -> tuple[tuple[str, str | None] | None, Path]:
+    """The store that gets a run about a model (an evaluation, a suggestion), and the runs folder for its files.
+
+    A store the user named (``tracking_uri``, ``MLFLOW_TRACKING_URI``, ``runs``) may be created; otherwise the
+    run goes to the store the model came from, or to an existing ``./medcl_runs`` store, never to a new one: a
+    command run from another folder must not leave a stray store behind.
+
+    Args:
+        tracking_uri: ``--tracking-uri``, or None.
+        runs: The ``--runs`` folder the user gave, or None.
+        model_store: The tracking URI of the store holding the model (:func:`find_checkpoint`), or None.
+
+    Returns:
+        ``((tracking URI, artifact root or None) or None when nothing is to be logged, runs folder)``; the runs
+        folder is the SQLite store's folder when the store is one.
+    """
+    from medcl.tracking.mlflow_tracking import resolve_store
+
+    named = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or runs
+    folder = Path(runs or "medcl_runs").expanduser()
+    root: str | None
+    if named:
+        uri, root = resolve_store(tracking_uri, folder)
+    elif model_store:
+        uri, root = model_store, None
+        if uri.startswith("sqlite:///"):
+            db = Path(uri.removeprefix("sqlite:///"))
+            folder, root = db.parent, str(db.parent / "mlartifacts")
+    elif (folder / "mlflow.db").is_file():
+        uri, root = resolve_store(None, folder, create=False)
+    else:
+        return None, folder
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+    return (uri, root), folder

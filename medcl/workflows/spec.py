@@ -1,4 +1,4 @@
-"""The workflow file: schema, ``--set`` overrides, variables and references between stages.
+"""The workflow file: its schema, and loading it (``--set`` overrides, variables, paths, reference checks).
 
 A workflow (``workflows/<name>.yaml``) is a list of stages run in order as one MLflow parent run with one
 child run per stage. Example::
@@ -20,57 +20,57 @@ child run per stage. Example::
         subset: test
     register: {name: hippocampus-demo, alias: champion, from: train}
 
-References (``${...}``) in string values:
-
-* ``${vars.NAME}``: a value of the top-level ``vars`` mapping; ``${data}``: the top-level ``data`` folder.
-  Both are substituted when the file is loaded (after ``--set``), so ``steps: ${vars.steps}`` is an integer.
-* ``${stages.STAGE.KEY}``: an output of an *earlier* stage (:data:`OUTPUTS` lists the keys of each kind),
-  substituted when the stage starts.
-
-A string that is exactly one reference takes the referenced value (any type); a reference inside a longer
-string is formatted as text. ``$${`` writes a literal ``${``. Unknown names, forward references and unknown
-output keys are :class:`~medcl.errors.ConfigError` s naming the workflow file, the stage and the key.
-
-Relative paths written in the file (``data``, stage ``config``, ``data``, ``splits``, ``input``, and
-``init`` / ``model`` when they are files, also when they come through ``${vars.X}``) are relative to the
-workflow file, so a workflow runs the same from any folder; a stage ``config`` may also be the name of a
-shipped config (``hippocampus/demo``, see ``medcl config list``). ``output`` (``--runs``) and paths given
-with ``--set`` are relative to the working directory, like every medcl flag. A path that exists only
-relative to the working directory (the rule before) is still taken, with a note. Everything is made absolute
-on loading, so the state file of a run holds absolute paths and ``--resume`` works from anywhere.
+References (``${vars.NAME}``, ``${data}``, ``${stages.STAGE.KEY}``) are described in
+:mod:`medcl.workflows.references`, how relative paths are read in :mod:`medcl.workflows.paths`. Everything is
+made absolute on loading, so the state file of a run holds absolute paths and ``--resume`` works from
+anywhere.
 """
 
 from __future__ import annotations
 
 import copy
-import os
-import re
-import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from medcl.config import NAME_PATTERN, parse_override
+from medcl.config import NAME_PATTERN
+from medcl.config_files import Override, parse_override
 from medcl.errors import ConfigError
+from medcl.workflows.paths import absolute, absolute_if_file, override_path, rebase_paths
+from medcl.workflows.references import (
+    OUTPUTS,
+    TRAINING_KINDS,
+    check_references,
+    references,
+    resolve_stage,
+    substitute,
+    substitute_static,
+)
+
+__all__ = [
+    "OUTPUTS",
+    "TRAINING_KINDS",
+    "EvaluateStage",
+    "InferStage",
+    "Register",
+    "SplitStage",
+    "Stage",
+    "StageKind",
+    "TrainStage",
+    "Workflow",
+    "apply_override",
+    "build_workflow",
+    "check_references",
+    "load_workflow",
+    "references",
+    "resolve_stage",
+    "substitute",
+]
 
 StageKind = Literal["split", "pretrain", "train", "finetune", "evaluate", "infer"]
-TRAINING_KINDS = ("pretrain", "train", "finetune")
-
-#: Output keys each stage kind provides to later stages (``${stages.<name>.<key>}``).
-OUTPUTS: dict[str, tuple[str, ...]] = {
-    "split": ("run_id", "splits"),
-    "pretrain": ("run_id", "run_dir", "checkpoint", "model", "dice"),
-    "train": ("run_id", "run_dir", "checkpoint", "model", "dice"),
-    "finetune": ("run_id", "run_dir", "checkpoint", "model", "dice"),
-    "evaluate": ("run_id", "summary", "dice"),
-    "infer": ("run_id", "masks"),
-}
-
-_REF = re.compile(r"\$\{([^}]*)\}")
-_ESCAPED = "$${"
-_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 class _Strict(BaseModel):
@@ -206,7 +206,7 @@ class Workflow(_Strict):
 # ---------------------------------------------------------------------------------------------- loading
 
 
-def load_workflow(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Workflow:
+def load_workflow(path: str | Path, overrides: Sequence[Override] = ()) -> Workflow:
     """Read, override (``--set``), substitute variables, validate and check the references of a workflow.
 
     Args:
@@ -236,7 +236,7 @@ def load_workflow(path: str | Path, overrides: list[str] | tuple[str, ...] = ())
 
 def build_workflow(
     raw: dict[str, Any],
-    overrides: list[str] | tuple[str, ...] = (),
+    overrides: Sequence[Override] = (),
     *,
     source: str | Path = "<workflow>",
     base: Path | None = None,
@@ -251,13 +251,13 @@ def build_workflow(
     raw = copy.deepcopy(raw)
     raw.setdefault("name", Path(str(source)).name.removesuffix(".yaml").removesuffix(".yml"))
     for item in overrides:
-        key, value = parse_override(item)
+        key, value = parse_override(item) if isinstance(item, str) else item  # a flag's value stays typed
         if base is not None:  # --set paths are the user's, relative to the working directory
-            value = _override_path(key, value)
+            value = override_path(key, value)
         apply_override(raw, key, value, where)
-    raw = _substitute_static(raw, where)
+    raw = substitute_static(raw, where)
     if base is not None:
-        raw = _rebase_paths(raw, base)
+        raw = rebase_paths(raw, base)
     try:
         wf = Workflow.model_validate(raw)
     except ValidationError as err:
@@ -306,238 +306,25 @@ def apply_override(raw: dict[str, Any], key: str, value: Any, where: str) -> Non
     node[parts[-1]] = value
 
 
-# ------------------------------------------------------------------------------------------- references
-
-
-def references(value: Any) -> list[str]:
-    """Every ``${...}`` expression inside a (nested) value, escaped ``$${`` excluded."""
-    if isinstance(value, str):
-        return [m.group(1) for m in _REF.finditer(value.replace(_ESCAPED, "\0"))]
-    if isinstance(value, dict):
-        return [r for v in value.values() for r in references(v)]
-    if isinstance(value, list | tuple):
-        return [r for v in value for r in references(v)]
-    return []
-
-
-def substitute(value: Any, lookup: Any) -> Any:
-    """Replace references in a (nested) value with ``lookup(expression)``; see the module docstring."""
-    if isinstance(value, dict):
-        return {k: substitute(v, lookup) for k, v in value.items()}
-    if isinstance(value, list):
-        return [substitute(v, lookup) for v in value]
-    if not isinstance(value, str) or "${" not in value:
-        return value
-    text = value.replace(_ESCAPED, "\0")
-    whole = _REF.fullmatch(text)
-    if whole:
-        return lookup(whole.group(1))
-    out = _REF.sub(lambda m: str(lookup(m.group(1))), text)
-    return out.replace("\0", "${")
-
-
-def _substitute_static(raw: dict[str, Any], where: str) -> dict[str, Any]:
-    """``${vars.X}`` and ``${data}`` everywhere except in ``vars`` and ``data`` themselves."""
-    variables = raw.get("vars") or {}
-    if not isinstance(variables, dict):
-        raise ConfigError(f"{where}: 'vars' must be a mapping of names to values")
-    for key in ("vars", "data", "name", "output", "tracking_uri", "experiment"):
-        if references(raw.get(key)):
-            raise ConfigError(f"{where}: '{key}' cannot use ${{...}} references")
-
-    def lookup(expr: str) -> Any:
-        expr = expr.strip()
-        if expr == "data":
-            if raw.get("data") is None:
-                raise ConfigError(
-                    f"{where} uses ${{data}} but sets no data (add data: DIR or --set data=DIR)"
-                )
-            return raw["data"]
-        if expr.startswith("vars."):
-            name = expr.removeprefix("vars.")
-            if name not in variables:
-                known = ", ".join(sorted(variables)) or "none"
-                raise ConfigError(f"{where}: unknown variable ${{vars.{name}}} (vars: {known})")
-            return variables[name]
-        return "${" + expr + "}"  # stage references stay for run time
-
-    return {k: (v if k in ("vars", "data") else substitute(v, lookup)) for k, v in raw.items()}
-
-
-def check_references(wf: Workflow, where: str) -> None:
-    """Stage names are unique; every ``${stages.S.K}`` names an earlier stage S and an output K of its kind."""
-    seen: dict[str, str] = {}
-    order = {s.name: i for i, s in enumerate(wf.stages)}
-    for stage in wf.stages:
-        if stage.name in seen:
-            raise ConfigError(f"{where}: two stages are named {stage.name!r}; stage names must be unique")
-        for field_name, value in stage.model_dump(exclude={"name", "kind"}).items():
-            for expr in references(value):
-                _check_reference(expr, stage.name, field_name, seen, order, where)
-        seen[stage.name] = stage.kind
-    if wf.register_ is not None:
-        for name in wf.register_.candidates:
-            if name not in seen:
-                raise ConfigError(
-                    f"{where}: register.from names unknown stage {name!r} (stages: {', '.join(seen)})"
-                )
-            if seen[name] not in TRAINING_KINDS:
-                raise ConfigError(
-                    f"{where}: register.from {name!r} is a {seen[name]} stage; only pretrain/train/finetune "
-                    "stages produce a model to register"
-                )
-
-
-def _check_reference(
-    expr: str, stage: str, field_name: str, seen: dict[str, str], order: dict[str, int], where: str
-) -> None:
-    at = f"{where}, stage {stage!r}, key {field_name!r}"
-    parts = expr.strip().split(".")
-    if parts[0] != "stages":
-        raise ConfigError(
-            f"{at}: unknown reference ${{{expr}}} (use ${{vars.NAME}}, ${{data}} or ${{stages.STAGE.KEY}})"
-        )
-    if len(parts) != 3:
-        raise ConfigError(f"{at}: reference ${{{expr}}} must have the form ${{stages.STAGE.KEY}}")
-    _, name, key = parts
-    if name not in seen:
-        if name == stage:
-            raise ConfigError(f"{at}: ${{{expr}}} refers to the stage itself; refer to an earlier stage")
-        if name in order:
-            raise ConfigError(
-                f"{at}: ${{{expr}}} is a forward reference: stage {name!r} runs after {stage!r}; "
-                "a stage can only use outputs of stages listed before it"
-            )
-        known = ", ".join(seen) or "none before it"
-        raise ConfigError(f"{at}: ${{{expr}}} names unknown stage {name!r} (earlier stages: {known})")
-    allowed = OUTPUTS[seen[name]]
-    if key not in allowed:
-        raise ConfigError(
-            f"{at}: ${{{expr}}}: a {seen[name]} stage has no output {key!r} (outputs: {', '.join(allowed)})"
-        )
-
-
-def resolve_stage(
-    stage: SplitStage | TrainStage | EvaluateStage | InferStage,
-    outputs: dict[str, dict[str, Any]],
-    where: str,
-) -> Any:
-    """A copy of ``stage`` with its ``${stages.S.K}`` references replaced by the outputs of finished stages.
-
-    Raises:
-        ConfigError: A referenced output is empty (e.g. ``model`` of a stage that logged no MLflow model).
-    """
-
-    def lookup(expr: str) -> Any:
-        _, name, key = expr.strip().split(".")
-        value = outputs.get(name, {}).get(key)
-        if value is None:
-            hint = " (the stage logged no MLflow model; use .checkpoint)" if key == "model" else ""
-            raise ConfigError(f"{where}, stage {stage.name!r}: ${{{expr}}} is empty{hint}")
-        return value
-
-    data = substitute(stage.model_dump(by_alias=True), lookup)
-    try:
-        return type(stage).model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(f"{where}, stage {stage.name!r}: after substituting references: {err}") from None
-
-
-# ---------------------------------------------------------------------------------------- paths, errors
-
-
-def _abs(value: str | None) -> str | None:
-    if value is None or "${" in value:
-        return value
-    return str(Path(value).expanduser().resolve())
-
-
-def _abs_if_file(value: str | None) -> str | None:
-    """Make ``init`` / ``model`` absolute only when they are paths (not run ids or MLflow URIs)."""
-    if value is None or "${" in value or ":/" in value or _RUN_ID.match(value):
-        return value
-    return _abs(value)
-
-
-_PATH_KEYS = ("config", "data", "splits", "input", "init", "model")
-_noted_cwd: set[str] = set()
-
-
-def _is_path(value: Any) -> bool:
-    """A relative path to rebase (not a reference, URI, run id, absolute or home path)."""
-    if not isinstance(value, str) or not value or "${" in value or ":/" in value or _RUN_ID.match(value):
-        return False
-    return not (value.startswith("~") or Path(value).is_absolute())
-
-
-def _relative_to(value: Any, base: Path, key: str) -> Any:
-    """``value`` (a path, or a list of paths for ``input``) relative to ``base``, see the module docstring."""
-    if isinstance(value, list):
-        return [_relative_to(v, base, key) for v in value]
-    if not _is_path(value):
-        return value
-    here = base / value
-    if here.exists():
-        return str(here)
-    if Path(value).exists():  # written relative to the working directory, as before
-        if value not in _noted_cwd:
-            _noted_cwd.add(value)
-            print(
-                f"medcl: note: workflow path {value!r} is taken relative to the working directory; paths in a "
-                f"workflow file are relative to the file ({base}), write {os.path.relpath(Path(value).resolve(), base)!r}",
-                file=sys.stderr,
-            )
-        return str(Path(value).resolve())
-    if key == "config":
-        from medcl.shipped import shipped_dir
-
-        shipped = shipped_dir("configs") / f"{value.removeprefix('configs/').removesuffix('.yaml')}.yaml"
-        if shipped.is_file():  # a shipped config by name
-            return str(shipped)
-    return str(here)
-
-
-def _rebase_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
-    """Relative paths written in a workflow file, made relative to the file's folder ``base``."""
-    if "data" in raw:
-        raw["data"] = _relative_to(raw["data"], base, "data")
-    for stage in raw.get("stages") or []:
-        if isinstance(stage, dict):
-            for key in _PATH_KEYS:
-                if key in stage:
-                    stage[key] = _relative_to(stage[key], base, key)
-    return raw
-
-
-def _override_path(key: str, value: Any) -> Any:
-    """A ``--set`` path value made absolute against the working directory (vars only when the path exists)."""
-    parts = key.split(".")
-    is_path = key == "data" or (parts[0] == "stages" and len(parts) == 3 and parts[2] in _PATH_KEYS)
-    if parts[0] == "vars" and isinstance(value, str) and _is_path(value) and Path(value).exists():
-        is_path = True
-    if not is_path:
-        return value
-    if isinstance(value, list):
-        return [str(Path(v).resolve()) if _is_path(v) else v for v in value]
-    return str(Path(value).resolve()) if _is_path(value) else value
+# ------------------------------------------------------------------------------------------- paths, errors
 
 
 def _absolute_paths(wf: Workflow) -> Workflow:
-    wf.data = _abs(wf.data)
+    wf.data = absolute(wf.data)
     wf.output = str(Path(wf.output).expanduser().resolve())
     for stage in wf.stages:
         if isinstance(stage, SplitStage | TrainStage | EvaluateStage):
-            stage.data = _abs(stage.data)
+            stage.data = absolute(stage.data)
         if isinstance(stage, TrainStage):
-            stage.config = _abs(stage.config) or stage.config
-            stage.splits = _abs(stage.splits)
-            stage.init = _abs_if_file(stage.init)
+            stage.config = absolute(stage.config) or stage.config
+            stage.splits = absolute(stage.splits)
+            stage.init = absolute_if_file(stage.init)
         if isinstance(stage, EvaluateStage):
-            stage.splits = _abs(stage.splits) or stage.splits
+            stage.splits = absolute(stage.splits) or stage.splits
         if isinstance(stage, EvaluateStage | InferStage):
-            stage.model = _abs_if_file(stage.model) or stage.model
+            stage.model = absolute_if_file(stage.model) or stage.model
         if isinstance(stage, InferStage):
-            stage.input = [_abs(p) or p for p in stage.input]
+            stage.input = [absolute(p) or p for p in stage.input]
     return wf
 
 

@@ -9,8 +9,12 @@ from pathlib import Path
 import mlflow
 import nibabel as nib
 import numpy as np
+import pytest
 
 from medcl.cli import main
+
+# Whole workflows (split, train, evaluate, infer, register): `make test` runs them, `make test-fast` does not.
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOW = ROOT / "workflows" / "demo.yaml"

@@ -71,6 +71,14 @@ def test_variables_data_and_set_overrides(tmp_path: Path) -> None:
         resolve_stage(wf.stage("evaluate"), {"train": {"model": None}, "split": {"splits": "s"}}, "wf.yaml")
 
 
+def test_flag_values_stay_typed() -> None:
+    """``medcl run --runs 2024``: a flag's value is a ``(key, value)`` pair, never re-read as YAML (an int)."""
+    wf = build_workflow(_raw(), [("output", "2024"), ("tracking_uri", "yes")], source="wf.yaml")
+    assert Path(wf.output).name == "2024" and wf.tracking_uri == "yes"
+    with pytest.raises(ConfigError, match="output"):
+        build_workflow(_raw(), ["output=2024"], source="wf.yaml")  # --set reads YAML: 2024 is a number
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
