@@ -23,15 +23,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from medcl.data.dataset import (
-    IMAGE_EXTENSIONS,
-    Case,
-    DatasetInfo,
-    _check_openable,
-    _check_unique_ids,
-    _image_extension,
-    _scan_images,
-)
+from medcl.data.cases import Case, DatasetInfo, _check_unique_ids
+from medcl.data.discovery import IMAGE_EXTENSIONS, _image_extension, _scan_images
+from medcl.data.files import _check_openable
 from medcl.errors import DataError
 
 #: Label map of an image-only dataset. Nothing is segmented from it (pretraining never reads labels); the

@@ -1,4 +1,4 @@
-"""Partition-aware slice batches for 2D contrastive pre-training (Chaitanya et al. [0], methods.md section 1).
+"""Partition-aware slice batches for 2D contrastive pre-training (Chaitanya et al. [0]; docs/methods.md).
 
 Every volume is cut along the slice axis into ``S`` consecutive partitions (:func:`partition_bounds`);
 slices from the same partition of different volumes show roughly the same anatomy, which the global
@@ -15,7 +15,7 @@ Like :class:`medcl.data.sampling.StepSampler`, a batch is a pure function of ``(
 every random draw comes from ``numpy.random.default_rng([seed, rank, stream, step])``, so a resumed run sees
 the batches of the uninterrupted run and DDP ranks see different data without a distributed sampler.
 
-Departures from the authors' code [1] (methods.md 1.8), each on purpose:
+Departures from the authors' code [1], each on purpose:
 
 * Partitions cover every slice: the ``depth % S`` remainder slices go to the first partitions, one each
   (``numpy.array_split`` sizes), instead of never being sampled.
@@ -66,7 +66,7 @@ def partition_bounds(depth: int, partitions: int) -> list[tuple[int, int]]:
 
     Chunk sizes differ by at most one; the first ``depth % partitions`` chunks get the extra slice, as
     ``numpy.array_split`` does. The authors' code uses chunks of ``depth // partitions`` and never samples
-    the remainder (methods.md 1.2).
+    the remainder.
 
     Args:
         depth: Number of slices of the volume along the slice axis.

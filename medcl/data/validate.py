@@ -7,106 +7,31 @@ differ between image and label, spacing anisotropy above 3, oblique direction, o
 rest of the dataset, a label volume with only background.
 
 Geometry is compared on RAS affines: nibabel's for NIfTI, and SimpleITK's LPS direction/origin/spacing
-converted to RAS (x and y negated) for NRRD and MetaImage, so the two agree for the same volume.
+converted to RAS (x and y negated) for NRRD and MetaImage, so the two agree for the same volume
+(:func:`medcl.data.volume.read_volume`, :mod:`medcl.data.geometry`). The findings are
+:class:`~medcl.data.check_report.CaseReport` objects, printed or written as JSON by
+:mod:`medcl.data.check_report`.
 """
 
 from __future__ import annotations
 
-import json
-import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
-from medcl.data.dataset import Case, DatasetInfo, unreadable_reason
-from medcl.data.io import read_sitk, sitk_affine, sitk_to_array
+from medcl.data.cases import Case, DatasetInfo
+from medcl.data.check_report import CaseReport, Problem, _display_path
+from medcl.data.files import unreadable_reason
+from medcl.data.geometry import axis_codes, direction_cosines, format_vector, voxel_spacing
+from medcl.data.volume import _reason, read_volume
 from medcl.errors import DataError
 
 ANISOTROPY_WARNING = 3.0  # largest / smallest spacing above which a case gets a warning
-
-
-@dataclass
-class Problem:
-    """One finding about one file of one case."""
-
-    case: str
-    file: Path | None
-    severity: Literal["error", "warning"]
-    message: str
-
-
-@dataclass
-class CaseReport:
-    """What was found in one case.
-
-    Attributes:
-        case: Case id.
-        shape: 3D shape of the first readable image channel, ``None`` if none could be read.
-        spacing: Voxel size in mm along each array axis, from that channel's affine.
-        labels_found: Integer values present in the label volume (empty for unlabeled cases).
-        problems: Errors and warnings, in the order found.
-        orientation: Axis codes of the image (``"RAS"``), used to compare a case with the dataset majority.
-    """
-
-    case: str
-    shape: tuple[int, ...] | None
-    spacing: tuple[float, ...] | None
-    labels_found: list[int]
-    problems: list[Problem] = field(default_factory=list)
-    orientation: str | None = None
-
-    @property
-    def errors(self) -> list[Problem]:
-        """The problems of severity ``"error"``."""
-        return [p for p in self.problems if p.severity == "error"]
-
-    @property
-    def warnings(self) -> list[Problem]:
-        """The problems of severity ``"warning"``."""
-        return [p for p in self.problems if p.severity == "warning"]
-
-
-def read_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read an image or label file into an array indexed like nibabel's and a 4x4 RAS affine.
-
-    NIfTI is read with nibabel; NRRD/MetaImage with SimpleITK, whose ``(z, y, x)`` array is transposed to
-    ``(x, y, z)`` and whose LPS geometry is converted to RAS. Multi-component pixels stay on the last axis.
-
-    Args:
-        path: The file, or a folder holding a DICOM series.
-
-    Returns:
-        ``(array, affine)``; the array keeps the file's dtype (scaled NIfTI data comes back as float).
-
-    Raises:
-        DataError: The file is missing, unreadable, corrupt or truncated; the message names the file and the
-            underlying reason.
-    """
-    path = Path(path)
-    reason = unreadable_reason(path)
-    if reason is not None and reason != "file does not exist":  # a symbolic link loop, no permission
-        raise DataError(f"Cannot read {path}: {reason}.")
-    if not (path.is_file() or path.is_dir()):  # a folder is a DICOM series
-        raise DataError(f"Image file {path} does not exist.")
-    name = path.name.lower()
-    try:
-        if name.endswith((".nii", ".nii.gz")):
-            image = nib.load(str(path), mmap=False)
-            array = np.asarray(image.dataobj)
-            affine = np.asarray(image.affine, dtype=np.float64)
-        else:
-            image = read_sitk(path)
-            array, affine = sitk_to_array(image), sitk_affine(image)
-    except Exception as err:  # nibabel/zlib/SimpleITK raise many types for a bad file
-        raise DataError(f"Cannot read {path}: {_reason(err)}.") from err
-    return array, affine
 
 
 def check_case(case: Case, info: DatasetInfo, *, atol: float = 1e-3) -> CaseReport:
@@ -138,8 +63,8 @@ def check_case(case: Case, info: DatasetInfo, *, atol: float = 1e-3) -> CaseRepo
         if reference is None:
             reference = (path, np.asarray(array.shape), affine)
             report.shape = tuple(int(s) for s in array.shape)
-            report.spacing = tuple(float(s) for s in _spacing(affine))
-            report.orientation = _axcodes(affine)
+            report.spacing = tuple(float(s) for s in voxel_spacing(affine))
+            report.orientation = axis_codes(affine)
             _check_geometry_alone(affine, path, add)
         else:
             _compare(reference, path, array.shape, affine, f"channel {channel}", "channel 0", atol, add)
@@ -216,127 +141,8 @@ def require_clean(
     )
 
 
-def format_report(reports: Sequence[CaseReport], info: DatasetInfo) -> str:
-    """The table printed by ``medcl data check``: one line per problem, then a summary line.
-
-    Args:
-        reports: The case reports.
-        info: Their dataset; file paths inside it are shown relative to its folder.
-
-    Returns:
-        The text, without a trailing newline.
-    """
-    rows = []
-    for report in reports:
-        for problem in report.problems:
-            rows.append(
-                (problem.case, problem.severity, _display_path(problem.file, info.root), problem.message)
-            )
-    lines = []
-    if rows:
-        header = ("case", "severity", "file", "message")
-        widths = [max(len(row[i]) for row in [header, *rows]) for i in range(3)]
-        for row in [header, *rows]:
-            lines.append(
-                "  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True))
-                + "  "
-                + row[3]
-            )
-    n_errors, n_warnings = _counts(reports)
-    lines.append(f"{len(reports)} cases checked: {n_errors} errors, {n_warnings} warnings")
-    return "\n".join(lines)
-
-
-def reports_to_dict(reports: Sequence[CaseReport], info: DatasetInfo) -> dict[str, Any]:
-    """JSON-ready form of the reports (what ``medcl data check --json`` writes).
-
-    Args:
-        reports: The case reports.
-        info: Their dataset.
-
-    Returns:
-        ``{"dataset", "name", "cases_checked", "errors", "warnings", "cases": [...]}`` with full file paths.
-    """
-    n_errors, n_warnings = _counts(reports)
-    return {
-        "dataset": str(info.root),
-        "name": info.name,
-        "cases_checked": len(reports),
-        "errors": n_errors,
-        "warnings": n_warnings,
-        "cases": [
-            {
-                "case": r.case,
-                "shape": list(r.shape) if r.shape is not None else None,
-                "spacing": list(r.spacing) if r.spacing is not None else None,
-                "orientation": r.orientation,
-                "labels_found": r.labels_found,
-                "problems": [
-                    {
-                        "severity": p.severity,
-                        "file": str(p.file) if p.file is not None else None,
-                        "message": p.message,
-                    }
-                    for p in r.problems
-                ],
-            }
-            for r in reports
-        ],
-    }
-
-
-def write_report_json(reports: Sequence[CaseReport], info: DatasetInfo, path: str | Path) -> None:
-    """Write :func:`reports_to_dict` to ``path`` (its folder is created if needed).
-
-    Raises:
-        DataError: The file cannot be written.
-    """
-    path = Path(path).expanduser()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(reports_to_dict(reports, info), indent=1) + "\n", encoding="utf-8")
-    except OSError as err:
-        raise DataError(f"Cannot write report {path}: {err.strerror or err}.") from err
-
-
 # ---------------------------------------------------------------------------------------------------------
 # helpers
-
-
-def _reason(err: BaseException) -> str:
-    """First line of an exception's message, with its type (``... (EOFError)``)."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    if not lines:
-        return type(err).__name__
-    text = lines[0]
-    if text.startswith("Exception thrown in SimpleITK") and len(lines) > 1:
-        # SimpleITK's first line is a source location; then comes ITK's message, its last line the cause.
-        inner = [
-            re.sub(r"^(s?itk::ERROR:|ITK ERROR:)\s*(\w+\(0x[0-9a-fA-F]+\):\s*)?", "", x) for x in lines[1:]
-        ]
-        text = inner[0] if len(inner) == 1 else f"{inner[0]} {inner[-1]}"
-    return f"{text} ({type(err).__name__})"
-
-
-def _axcodes(affine: np.ndarray) -> str | None:
-    """Orientation code such as ``"RAS"`` (closest axes for an oblique affine); None if degenerate."""
-    if not np.all(np.isfinite(affine)) or np.any(_spacing(affine) <= 0):
-        return None
-    codes = nib.aff2axcodes(affine)
-    return None if None in codes else "".join(codes)
-
-
-def _spacing(affine: np.ndarray) -> np.ndarray:
-    return np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
-
-
-def _direction(affine: np.ndarray) -> np.ndarray:
-    spacing = _spacing(affine)
-    return affine[:3, :3] / np.where(spacing > 0, spacing, 1.0)[None, :]
-
-
-def _fmt(values: Iterable[float]) -> str:
-    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
 
 
 def _read_3d(path: Path, kind: str, add: Any) -> tuple[np.ndarray, np.ndarray] | None:
@@ -364,19 +170,19 @@ def _read_3d(path: Path, kind: str, add: Any) -> tuple[np.ndarray, np.ndarray] |
 
 
 def _check_geometry_alone(affine: np.ndarray, path: Path, add: Any) -> None:
-    spacing = _spacing(affine)
+    spacing = voxel_spacing(affine)
     if np.any(spacing <= 0) or not np.all(np.isfinite(affine)):
-        add(path, "error", f"affine is degenerate (voxel size {_fmt(spacing)}).")
+        add(path, "error", f"affine is degenerate (voxel size {format_vector(spacing)}).")
         return
     ratio = float(spacing.max() / spacing.min())
     if ratio > ANISOTROPY_WARNING:
         add(
             path,
             "warning",
-            f"spacing {_fmt(spacing)} is anisotropic (ratio {ratio:.1f} > {ANISOTROPY_WARNING:g}); "
+            f"spacing {format_vector(spacing)} is anisotropic (ratio {ratio:.1f} > {ANISOTROPY_WARNING:g}); "
             "consider 2D training or resampling.",
         )
-    direction = np.abs(_direction(affine))
+    direction = np.abs(direction_cosines(affine))
     if np.any(direction.max(axis=0) < 1 - 1e-3):
         add(path, "warning", "direction is oblique (axes not aligned with the scanner axes).")
 
@@ -400,28 +206,29 @@ def _compare(
             f"{what} shape {tuple(shape)} differs from {against} shape {tuple(int(s) for s in ref_shape)}.",
         )
         return
-    ref_spacing, spacing = _spacing(ref_affine), _spacing(affine)
+    ref_spacing, spacing = voxel_spacing(ref_affine), voxel_spacing(affine)
     if not np.allclose(spacing, ref_spacing, rtol=0, atol=atol):
         add(
             path,
             "error",
-            f"{what} spacing {_fmt(spacing)} differs from {against} spacing {_fmt(ref_spacing)}.",
+            f"{what} spacing {format_vector(spacing)} differs from {against} spacing "
+            f"{format_vector(ref_spacing)}.",
         )
         return
-    if not np.allclose(_direction(affine), _direction(ref_affine), rtol=0, atol=atol):
+    if not np.allclose(direction_cosines(affine), direction_cosines(ref_affine), rtol=0, atol=atol):
         add(
             path,
             "warning",
-            f"{what} direction {_axcodes(affine)} differs from {against} direction {_axcodes(ref_affine)} "
-            "(or is rotated relative to it).",
+            f"{what} direction {axis_codes(affine)} differs from {against} direction "
+            f"{axis_codes(ref_affine)} (or is rotated relative to it).",
         )
     shift = float(np.linalg.norm(affine[:3, 3] - ref_affine[:3, 3]))
     if shift > atol:
         add(
             path,
             "warning",
-            f"{what} origin {_fmt(affine[:3, 3])} differs from {against} origin {_fmt(ref_affine[:3, 3])} "
-            f"by {shift:.3g} mm.",
+            f"{what} origin {format_vector(affine[:3, 3])} differs from {against} origin "
+            f"{format_vector(ref_affine[:3, 3])} by {shift:.3g} mm.",
         )
 
 
@@ -485,18 +292,3 @@ def _check_orientations(reports: list[CaseReport], cases: list[Case]) -> None:
                     ),
                 )
             )
-
-
-def _counts(reports: Sequence[CaseReport]) -> tuple[int, int]:
-    n_errors = sum(len(r.errors) for r in reports)
-    n_warnings = sum(len(r.warnings) for r in reports)
-    return n_errors, n_warnings
-
-
-def _display_path(path: Path | None, root: Path) -> str:
-    if path is None:
-        return "-"
-    try:
-        return str(Path(path).relative_to(root))
-    except ValueError:
-        return str(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
-from medcl.models.networks import ACTIVATIONS, NETWORK_NAMES, NORMS, NetOutput, SegNet, build_network
+from medcl.models.networks import ACTIVATIONS, NETWORK_NAMES, NORMS, build_network
+from medcl.models.segnet import NetOutput, SegNet
 
 __all__ = ["ACTIVATIONS", "NETWORK_NAMES", "NORMS", "NetOutput", "SegNet", "build_network"]

@@ -1,18 +1,11 @@
-"""Segmentation networks with one forward that can also hand back decoder features.
+"""Build a MONAI segmentation network (``BasicUNet``, ``UNet`` or ``SwinUNETR``) from the ``model`` config.
 
-:func:`build_network` builds a MONAI network (``BasicUNet``, ``UNet`` or ``SwinUNETR``) from plain keyword
-arguments (the ``model`` section of the config) and wraps it in :class:`SegNet`. The wrapper has a single
-forward entry point, because under ``DistributedDataParallel`` only ``forward`` is synchronised:
-
-* ``net(x)`` returns the logits tensor, exactly what the MONAI network returns (sliding-window inference,
-  the supervised method);
-* ``net(x, return_features=True)`` returns a :class:`NetOutput` with the logits, the decoder feature maps
-  keyed by their downsampling factor (``"scale_1"`` full resolution, ``"scale_2"``, ``"scale_4"``, ...,
-  finest first) and the encoder bottleneck ``embedding`` (what contrastive methods project and contrast).
-
-Features are captured by forward hooks registered once on named MONAI submodules; MONAI's code is not
-copied or forked. The hooks only write while a feature call is running, so the plain call pays one
-attribute check per hooked block and keeps no tensors alive.
+:func:`build_network` takes plain keyword arguments (the ``model`` section of the config), checks the
+settings every network shares, hands the rest to the builder of the network family (one small function per
+family in ``_BUILDERS``) and wraps the result in :class:`~medcl.models.segnet.SegNet`, whose single forward
+also hands back decoder features and the bottleneck (:class:`~medcl.models.segnet.NetOutput`). A builder
+returns the MONAI module plus what the wrapper needs to know about it: the submodules to hook and the size
+rules.
 
 Shape letters used below: B batch, C channels, K classes (``out_channels``), S spatial sizes (H, W or
 D, H, W).
@@ -21,19 +14,20 @@ D, H, W).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
-import torch
 from monai.networks.layers.simplelayers import SkipConnection
 from monai.networks.nets import BasicUNet, SwinUNETR, UNet
-from torch import Tensor, nn
+from torch import nn
 
 from medcl.errors import ConfigError
-from medcl.precision import mixed_precision
+from medcl.models.segnet import NetOutput, SegNet
 
+# NetOutput and SegNet are defined in medcl.models.segnet and importable from here too.
 __all__ = ["ACTIVATIONS", "NETWORK_NAMES", "NORMS", "NetOutput", "SegNet", "build_network"]
+
 
 NetworkName = Literal["basicunet", "unet", "swinunetr"]
 NormName = Literal["instance", "batch"]
@@ -64,257 +58,24 @@ _NORMS: dict[str, dict[str, str | tuple[str, dict[str, Any]]]] = {
     "swinunetr": {"instance": "instance", "batch": "batch"},
 }
 
-# Readable network names for error messages.
-_LABELS = {"basicunet": "BasicUNet", "unet": "UNet", "swinunetr": "SwinUNETR"}
 
-
-@dataclass
-class NetOutput:
-    """What ``SegNet(x, return_features=True)`` returns.
-
-    A dataclass, so ``DistributedDataParallel`` finds every tensor in it when it looks for unused
-    parameters.
+@dataclass(frozen=True)
+class _Built:
+    """What a family builder returns: the MONAI network and where :class:`SegNet` hooks it.
 
     Attributes:
-        logits: The segmentation logits, identical to the plain forward's result.
-            Shape: ``(B, K, *S)``.
-        features: Decoder feature maps keyed ``"scale_<k>"`` where ``k`` is the input size divided by the
-            map size along the first spatial axis; ordered finest first. Shape of ``"scale_k"``:
-            ``(B, C_k, *S // k)``.
-        embedding: The encoder bottleneck map (deepest encoder output, before the decoder).
-            Shape: ``(B, C_e, *S // f)`` with ``f`` the network's total downsampling factor.
-    """
-
-    logits: Tensor
-    features: dict[str, Tensor]
-    embedding: Tensor
-
-    @property
-    def finest(self) -> Tensor:
-        """The highest-resolution decoder map (``scale_1`` for BasicUNet/SwinUNETR, ``scale_2`` for UNet)."""
-        return next(iter(self.features.values()))
-
-
-class _Recorder:
-    """Per-network capture state shared by that network's hooks.
-
-    The hooks hold this object, never the :class:`SegNet` or a closure, so ``copy.deepcopy`` (an EMA
-    teacher) gives the copy its own recorder and ``torch.save``/pickle of the bare ``net`` works.
-    """
-
-    def __init__(self) -> None:
-        """Start inactive with an empty store."""
-        # True only while a ``return_features=True`` call runs.
-        self.active = False
-        # Filled by the hooks during a feature call; swapped for a fresh dict at its end.
-        self.store: dict[str, Tensor] = {}
-
-
-class _CaptureHook:
-    """A forward hook that stores its module's output under ``key`` while the recorder is active."""
-
-    def __init__(self, recorder: _Recorder, key: str) -> None:
-        """Remember where to write.
-
-        Args:
-            recorder: The owning network's capture state.
-            key: Name of the hooked submodule inside the MONAI network.
-        """
-        self.recorder = recorder
-        self.key = key
-
-    def __call__(self, module: nn.Module, args: tuple[Any, ...], output: Tensor) -> None:
-        """Store ``output`` when capturing; otherwise do nothing (the fast path's only cost)."""
-        if self.recorder.active:
-            # Keep the graph: feature losses must reach the encoder.
-            self.recorder.store[self.key] = output
-
-
-class SegNet(nn.Module):
-    """A MONAI segmentation network whose forward can also return decoder features and the bottleneck.
-
-    Build it with :func:`build_network`; the constructor takes the hook points explicitly so that the
-    wrapper stays architecture independent (scale keys are computed from shapes at run time).
-
-    Args:
-        net: The MONAI network; kept as ``self.net`` so it can be exported or logged on its own.
-        name: The network's name in the config (one of :data:`NETWORK_NAMES`).
-        spatial_dims: 2 or 3.
-        in_channels: Number of input channels.
-        out_channels: Number of output channels (classes, background included).
-        decoder_layers: Names (as in ``net.named_modules()``) of the submodules whose outputs are the
-            decoder feature maps, in any order.
+        net: The MONAI network.
+        decoder_layers: Names of the submodules whose outputs are the decoder feature maps.
         embedding_layer: Name of the submodule whose output is the encoder bottleneck.
-        size_divisor: The network's total downsampling factor (16, ``prod(strides)``, 32).
-        needs_divisible: Whether every spatial size must be a multiple of ``size_divisor`` (UNet and
-            SwinUNETR; BasicUNet pads odd sizes itself).
-        instance_norm: Whether the net uses instance norm, which needs at least 2 voxels at the
-            bottleneck.
-
-    Example:
-        >>> net = build_network("basicunet", spatial_dims=2, in_channels=1, out_channels=3)
-        >>> net(torch.zeros(2, 1, 64, 64)).shape
-        torch.Size([2, 3, 64, 64])
+        size_divisor: The network's total downsampling factor.
+        needs_divisible: Whether every spatial size must be a multiple of ``size_divisor``.
     """
 
-    def __init__(
-        self,
-        net: nn.Module,
-        *,
-        name: str,
-        spatial_dims: int,
-        in_channels: int,
-        out_channels: int,
-        decoder_layers: Sequence[str],
-        embedding_layer: str,
-        size_divisor: int,
-        needs_divisible: bool,
-        instance_norm: bool,
-    ) -> None:
-        """Wrap ``net`` and register the capture hooks once."""
-        super().__init__()
-        # The bare MONAI module: torch.export and MLflow log this, not the wrapper.
-        self.net = net
-        self.name = name
-        self.spatial_dims = spatial_dims
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        # Public so callers can check a patch or ROI size before the first step (check_spatial_shape).
-        self.size_divisor = size_divisor
-        self.needs_divisible = needs_divisible
-        self.instance_norm = instance_norm
-        # Hook points by their name in ``net``; the scale of each is read from shapes, not assumed here.
-        self._decoder_layers = tuple(decoder_layers)
-        self._embedding_layer = embedding_layer
-        # Capture state for this network only (a deepcopied teacher gets its own).
-        self._recorder = _Recorder()
-        # Filled lazily by feature_channels(); the architecture never changes, so it stays valid.
-        self._feature_channels: dict[str, int] | None = None
-        # Register once: the hooks live as long as the network and idle until a feature call.
-        modules = dict(net.named_modules())
-        for key in (*self._decoder_layers, embedding_layer):
-            if key not in modules:
-                raise ValueError(f"{_LABELS.get(name, name)} has no submodule named {key!r} to hook.")
-            modules[key].register_forward_hook(_CaptureHook(self._recorder, key))
-
-    def check_spatial_shape(self, spatial_shape: Sequence[int]) -> None:
-        """Raise if the network cannot take an input of this spatial size.
-
-        Call it early (e.g. on the configured patch size) to fail before training starts; ``forward`` calls
-        it on every input too.
-
-        Args:
-            spatial_shape: The input's spatial sizes, e.g. ``(96, 96, 96)``.
-
-        Raises:
-            ValueError: When the number of sizes is not ``spatial_dims``.
-            ConfigError: When a size is not a multiple of (or is below) the network's downsampling factor,
-                or instance norm would see a single bottleneck voxel.
-        """
-        # Plain ints, so a torch.Size, a list from the config or a tuple all work.
-        shape = tuple(int(s) for s in spatial_shape)
-        if len(shape) != self.spatial_dims:
-            raise ValueError(
-                f"{_LABELS[self.name]} was built for {self.spatial_dims}D inputs; got spatial shape {shape}."
-            )
-        # The suggestion is always a valid size: 2 and 3 bottleneck voxels per axis.
-        d = self.size_divisor
-        hint = f"use a patch size like {2 * d} or {3 * d}"
-        # UNet's transposed convs and Swin's patch merging cannot pad odd sizes back, so the cat would fail.
-        if self.needs_divisible and any(s % d for s in shape):
-            raise ConfigError(
-                f"{_LABELS[self.name]} needs every spatial size divisible by {d}; got {shape}: {hint}."
-            )
-        # Below the factor an axis pools away to nothing (BasicUNet's only constraint).
-        if any(s < d for s in shape):
-            raise ConfigError(
-                f"{_LABELS[self.name]} needs every spatial size to be at least {d}; got {shape}: {hint}."
-            )
-        # Instance norm normalises over space, which fails on a 1-voxel bottleneck (e.g. 32x32 for Swin).
-        if self.instance_norm and math.prod(s // d for s in shape) < 2:
-            raise ConfigError(
-                f"{_LABELS[self.name]} with instance norm needs at least 2 voxels at its 1/{d} bottleneck; "
-                f"got {shape}: {hint}."
-            )
-
-    @mixed_precision
-    def forward(self, x: Tensor, return_features: bool = False) -> Tensor | NetOutput:
-        """Run the network; optionally also return decoder features and the bottleneck.
-
-        Args:
-            x: The input image batch. Shape: ``(B, in_channels, *S)``.
-            return_features: False (fast path) returns the logits tensor only; True returns a
-                :class:`NetOutput`.
-
-        Returns:
-            The logits ``(B, K, *S)``, or a :class:`NetOutput` holding them plus ``features`` and
-            ``embedding`` when ``return_features`` is True.
-
-        Raises:
-            ConfigError: When the spatial size does not suit the network (see :meth:`check_spatial_shape`).
-        """
-        # x: (B, in_channels, *S); checked first so MONAI's deep stack trace never shows up.
-        self.check_spatial_shape(x.shape[2:])
-        if not return_features:
-            # (B, K, *S), straight from MONAI; the hooks see active=False and write nothing.
-            return self.net(x)
-        # Only this flag turns the hooks on; no hook is added or removed per call.
-        self._recorder.active = True
-        try:
-            # (B, K, *S); the hooks fill the recorder's store on the way.
-            logits = self.net(x)
-        finally:
-            # A fresh store per call: tensors from an earlier call (student vs teacher) stay intact.
-            captured = self._recorder.store
-            self._recorder.store = {}
-            self._recorder.active = False
-        # Key every decoder map by its downsampling factor along the first spatial axis.
-        by_scale: dict[int, Tensor] = {}
-        for layer in self._decoder_layers:
-            # (B, C_k, *S // k)
-            fmap = captured[layer]
-            scale = x.shape[2] // fmap.shape[2]
-            if scale in by_scale:
-                raise RuntimeError(f"Two decoder maps of {_LABELS[self.name]} share the scale 1/{scale}.")
-            by_scale[scale] = fmap
-        # Finest (smallest factor) first, so iteration order is resolution order.
-        features = {f"scale_{s}": by_scale[s] for s in sorted(by_scale)}
-        # embedding: (B, C_e, *S // size_divisor)
-        return NetOutput(logits=logits, features=features, embedding=captured[self._embedding_layer])
-
-    def feature_channels(self) -> dict[str, int]:
-        """Channel count of every feature scale and of ``"embedding"``.
-
-        Computed once by a dry forward on a tiny zero input of a valid size, in eval mode under
-        ``no_grad`` (so BatchNorm running statistics do not move), on the device and dtype of the
-        parameters (so it also works after ``.cuda()``); each submodule's train/eval flag is restored.
-
-        Returns:
-            E.g. ``{"scale_1": 32, "scale_2": 32, "scale_4": 64, "scale_8": 128, "embedding": 256}``.
-        """
-        if self._feature_channels is None:
-            # Follow the parameters' device and dtype: the network may already sit on a GPU.
-            param = next(self.parameters())
-            d = self.size_divisor
-            # Smallest valid probe: one bottleneck voxel per axis, two along the last (instance norm).
-            probe = (d,) * (self.spatial_dims - 1) + (2 * d,)
-            x = torch.zeros((1, self.in_channels, *probe), device=param.device, dtype=param.dtype)
-            # Per-module flags, so a deliberately frozen (eval) block stays frozen afterwards.
-            modes = {m: m.training for m in self.modules()}
-            # Eval: BatchNorm uses (and does not update) its running stats, dropout is off.
-            self.eval()
-            try:
-                with torch.no_grad():
-                    out = self.forward(x, return_features=True)
-            finally:
-                for module, training in modes.items():
-                    module.training = training
-            # Channels only: spatial sizes depend on the input, channel counts never do.
-            assert isinstance(out, NetOutput)
-            channels = {key: int(fmap.shape[1]) for key, fmap in out.features.items()}
-            channels["embedding"] = int(out.embedding.shape[1])
-            self._feature_channels = channels
-        return dict(self._feature_channels)
+    net: nn.Module
+    decoder_layers: list[str]
+    embedding_layer: str
+    size_divisor: int
+    needs_divisible: bool
 
 
 def _check_choice(key: str, value: object, allowed: Sequence[str]) -> None:
@@ -362,6 +123,104 @@ def _unet_levels(net: UNet) -> tuple[list[str], str]:
             level = sub
         else:
             return ups, names[sub]
+
+
+def _build_basicunet(
+    common: dict[str, int], norm_spec: Any, *, features: Sequence[int], act: str, dropout: float, **_: Any
+) -> _Built:
+    """MONAI ``BasicUNet`` (a plain 2-conv U-Net); see :func:`build_network` for the arguments."""
+    fea = _check_ints("features", features, (6,), "for basicunet (five encoder widths, one decoder width)")
+    net = BasicUNet(**common, features=fea, act=_CONV_ACTS[act], norm=norm_spec, dropout=dropout)
+    # Four max-pools: the bottleneck is at 1/16; odd sizes are padded by MONAI itself.
+    return _Built(net, ["upcat_4", "upcat_3", "upcat_2", "upcat_1"], "down_4", 16, False)
+
+
+def _build_unet(
+    common: dict[str, int],
+    norm_spec: Any,
+    *,
+    features: Sequence[int],
+    strides: Sequence[int] | None,
+    num_res_units: int,
+    act: str,
+    dropout: float,
+    **_: Any,
+) -> _Built:
+    """MONAI ``UNet`` with residual units; see :func:`build_network` for the arguments."""
+    channels = _check_ints("features", features, (5, 6), "for unet (the first five are the level widths)")[:5]
+    # MONAI's UNet has no default strides; halve the size at every level.
+    if strides is None:
+        strides = (2,) * (len(channels) - 1)
+    steps = _check_ints("strides", strides, (len(channels) - 1,), "for unet (one per downsampling level)")
+    # A stride of 1 below the top would give two decoder maps the same scale key.
+    if any(s < 2 for s in steps[1:]):
+        raise ConfigError(f"model.strides may have 1 only as its first value; got {list(steps)}.")
+    if not isinstance(num_res_units, int) or num_res_units < 0:
+        raise ConfigError(f"model.num_res_units must be an integer of at least 0; got {num_res_units!r}.")
+    # The activation/norm specs are MONAI factory tuples, the same ones BasicUNet takes.
+    net = UNet(
+        **common,
+        channels=channels,
+        strides=steps,
+        num_res_units=num_res_units,
+        act=_CONV_ACTS[act],
+        norm=norm_spec,
+        dropout=dropout,
+    )
+    ups, embedding = _unet_levels(net)
+    # The top up block ends in a bare conv (MONAI's conv_only / last_conv_only, whatever num_res_units)
+    # whose output IS the logits (K channels), so it is no feature: the finest map is at 1/strides[0].
+    return _Built(net, ups[1:], embedding, math.prod(steps), True)
+
+
+def _build_swinunetr(
+    common: dict[str, int],
+    norm_spec: Any,
+    *,
+    feature_size: int,
+    act: str,
+    depths: Sequence[int],
+    num_heads: Sequence[int],
+    dropout: float,
+    **_: Any,
+) -> _Built:
+    """MONAI ``SwinUNETR`` (a Swin transformer encoder); see :func:`build_network` for the arguments."""
+    if not isinstance(feature_size, int) or feature_size < 12 or feature_size % 12:
+        raise ConfigError(
+            f"model.feature_size must be a positive multiple of 12 for swinunetr (e.g. 12, 24, 48); "
+            f"got {feature_size!r}."
+        )
+    # UnetrBasicBlock/UnetrUpBlock hard-code LeakyReLU; refuse a setting that would silently not apply.
+    if act != "leakyrelu":
+        raise ConfigError(f"model.act must be 'leakyrelu' for swinunetr (MONAI fixes it); got {act!r}.")
+    stages = _check_ints("depths", depths, (4,), "for swinunetr (one per Swin stage)")
+    heads = _check_ints("num_heads", num_heads, (4,), "for swinunetr (one per Swin stage)")
+    # Stage i works at width feature_size * 2**i, which the heads must split evenly.
+    for i, h in enumerate(heads):
+        if (feature_size * 2**i) % h:
+            raise ConfigError(
+                f"model.num_heads[{i}] = {h} must divide the stage width {feature_size * 2**i} "
+                f"(model.feature_size * 2**{i}); got num_heads {list(heads)}."
+            )
+    # No img_size in MONAI >= 1.5: the input size is checked per call instead (check_spatial_shape).
+    net = SwinUNETR(
+        **common,
+        feature_size=feature_size,
+        depths=stages,
+        num_heads=heads,
+        norm_name=norm_spec,
+        drop_rate=dropout,
+    )
+    # Patch embedding (1/2) plus four merges: the bottleneck is at 1/32.
+    return _Built(net, ["decoder5", "decoder4", "decoder3", "decoder2", "decoder1"], "encoder10", 32, True)
+
+
+# One builder per network family (keys: NETWORK_NAMES); each checks its own keys and ignores the others.
+_BUILDERS: dict[str, Callable[..., _Built]] = {
+    "basicunet": _build_basicunet,
+    "unet": _build_unet,
+    "swinunetr": _build_swinunetr,
+}
 
 
 def build_network(
@@ -453,89 +312,27 @@ def build_network(
     common = {"spatial_dims": spatial_dims, "in_channels": in_channels, "out_channels": out_channels}
     # The norm in the form this particular MONAI net expects.
     norm_spec = _NORMS[name][norm]
-
-    if name == "basicunet":
-        fea = _check_ints(
-            "features", features, (6,), "for basicunet (five encoder widths, one decoder width)"
-        )
-        net: nn.Module = BasicUNet(
-            **common, features=fea, act=_CONV_ACTS[act], norm=norm_spec, dropout=dropout
-        )
-        # Four max-pools: the bottleneck is at 1/16; odd sizes are padded by MONAI itself.
-        decoder, embedding, divisor, divisible = (
-            ["upcat_4", "upcat_3", "upcat_2", "upcat_1"],
-            "down_4",
-            16,
-            False,
-        )
-
-    elif name == "unet":
-        channels = _check_ints(
-            "features", features, (5, 6), "for unet (the first five are the level widths)"
-        )[:5]
-        # MONAI's UNet has no default strides; halve the size at every level.
-        if strides is None:
-            strides = (2,) * (len(channels) - 1)
-        steps = _check_ints("strides", strides, (len(channels) - 1,), "for unet (one per downsampling level)")
-        # A stride of 1 below the top would give two decoder maps the same scale key.
-        if any(s < 2 for s in steps[1:]):
-            raise ConfigError(f"model.strides may have 1 only as its first value; got {list(steps)}.")
-        if not isinstance(num_res_units, int) or num_res_units < 0:
-            raise ConfigError(f"model.num_res_units must be an integer of at least 0; got {num_res_units!r}.")
-        # The activation/norm specs are MONAI factory tuples, the same ones BasicUNet takes.
-        net = UNet(
-            **common,
-            channels=channels,
-            strides=steps,
-            num_res_units=num_res_units,
-            act=_CONV_ACTS[act],
-            norm=norm_spec,
-            dropout=dropout,
-        )
-        ups, embedding = _unet_levels(net)
-        # The top up block ends in a bare conv (MONAI's conv_only / last_conv_only, whatever num_res_units)
-        # whose output IS the logits (K channels), so it is no feature: the finest map is at 1/strides[0].
-        decoder, divisor, divisible = ups[1:], math.prod(steps), True
-
-    else:
-        if not isinstance(feature_size, int) or feature_size < 12 or feature_size % 12:
-            raise ConfigError(
-                f"model.feature_size must be a positive multiple of 12 for swinunetr (e.g. 12, 24, 48); "
-                f"got {feature_size!r}."
-            )
-        # UnetrBasicBlock/UnetrUpBlock hard-code LeakyReLU; refuse a setting that would silently not apply.
-        if act != "leakyrelu":
-            raise ConfigError(f"model.act must be 'leakyrelu' for swinunetr (MONAI fixes it); got {act!r}.")
-        stages = _check_ints("depths", depths, (4,), "for swinunetr (one per Swin stage)")
-        heads = _check_ints("num_heads", num_heads, (4,), "for swinunetr (one per Swin stage)")
-        # Stage i works at width feature_size * 2**i, which the heads must split evenly.
-        for i, h in enumerate(heads):
-            if (feature_size * 2**i) % h:
-                raise ConfigError(
-                    f"model.num_heads[{i}] = {h} must divide the stage width {feature_size * 2**i} "
-                    f"(model.feature_size * 2**{i}); got num_heads {list(heads)}."
-                )
-        # No img_size in MONAI >= 1.5: the input size is checked per call instead (check_spatial_shape).
-        net = SwinUNETR(
-            **common,
-            feature_size=feature_size,
-            depths=stages,
-            num_heads=heads,
-            norm_name=norm_spec,
-            drop_rate=dropout,
-        )
-        # Patch embedding (1/2) plus four merges: the bottleneck is at 1/32.
-        decoder = ["decoder5", "decoder4", "decoder3", "decoder2", "decoder1"]
-        embedding, divisor, divisible = "encoder10", 32, True
-
+    # The family's own keys are checked by its builder; keys a family does not use are ignored.
+    built = _BUILDERS[name](
+        common,
+        norm_spec,
+        features=features,
+        strides=strides,
+        num_res_units=num_res_units,
+        act=act,
+        dropout=dropout,
+        feature_size=feature_size,
+        depths=depths,
+        num_heads=num_heads,
+    )
     # One wrapper for all three: only the hook points and the size rules differ.
     return SegNet(
-        net,
+        built.net,
         name=name,
         **common,
-        decoder_layers=decoder,
-        embedding_layer=embedding,
-        size_divisor=divisor,
-        needs_divisible=divisible,
+        decoder_layers=built.decoder_layers,
+        embedding_layer=built.embedding_layer,
+        size_divisor=built.size_divisor,
+        needs_divisible=built.needs_divisible,
         instance_norm=norm == "instance",
     )

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from medcl.data.check_report import format_report
 from medcl.data.dataset import load_dataset
 from medcl.data.image_folder import PLACEHOLDER_LABELS, find_images, load_image_folders
-from medcl.data.validate import check_dataset, format_report
+from medcl.data.validate import check_dataset
 from medcl.errors import DataError
 
 

@@ -10,19 +10,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import SimpleITK as sitk
 
+from medcl.data.check_report import CaseReport, Problem, format_report
 from medcl.data.dataset import DatasetInfo, load_dataset
-from medcl.data.validate import (
-    CaseReport,
-    Problem,
-    check_case,
-    check_dataset,
-    format_report,
-    read_volume,
-    reports_to_dict,
-)
-from medcl.errors import DataError
+from medcl.data.validate import check_case, check_dataset
 
 IDS = ("hippocampus_001", "hippocampus_004", "hippocampus_006")  # the cases of the `mini` fixture
 
@@ -86,47 +77,6 @@ def test_hippocampus_report_contents(shared_data: Path):
     assert report.labels_found == [0, 1, 2]
     la = load_dataset(shared_data / "LA2018")
     assert check_case(la.cases[0], la).spacing == pytest.approx((0.625, 0.625, 0.625))
-
-
-# --- read_volume -------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("ext", [".nrrd", ".mha", ".nii"])
-def test_read_volume_other_formats_match_nifti(hippo: Path, tmp_path: Path, ext: str):
-    original = hippo / "imagesTr" / "hippocampus_001.nii.gz"
-    # Give the volume a non-trivial geometry so that the LPS -> RAS conversion is exercised.
-    array, _ = load(original)
-    affine = np.array([[-0.9, 0, 0, 10.0], [0, 1.1, 0, -20.0], [0, 0, 2.0, 5.0], [0, 0, 0, 1]])
-    source = tmp_path / "source.nii.gz"
-    save(source, array, affine)
-    copy = tmp_path / f"copy{ext}"
-    sitk.WriteImage(sitk.ReadImage(str(source)), str(copy))
-    got_array, got_affine = read_volume(copy)
-    ref_array, ref_affine = read_volume(source)
-    assert got_array.shape == ref_array.shape == (35, 51, 35)
-    np.testing.assert_array_equal(got_array, ref_array)
-    np.testing.assert_allclose(got_affine, ref_affine, atol=1e-5)
-    np.testing.assert_allclose(ref_affine, affine, atol=1e-5)
-
-
-def test_read_volume_errors_name_the_file(tmp_path: Path, hippo: Path):
-    with pytest.raises(DataError, match=r"Image file .*none\.nii\.gz does not exist"):
-        read_volume(tmp_path / "none.nii.gz")
-    garbage = tmp_path / "garbage.nii.gz"
-    garbage.write_bytes(b"this is not gzip at all")
-    with pytest.raises(DataError, match=r"Cannot read .*garbage\.nii\.gz: "):
-        read_volume(garbage)
-    bad_mha = tmp_path / "bad.mha"
-    bad_mha.write_text("ObjectType = Image\nNDims = 3\n")
-    with pytest.raises(DataError, match=r"Cannot read .*bad\.mha: .*\(RuntimeError\)"):
-        read_volume(bad_mha)
-    nrrd = tmp_path / "cut.nrrd"
-    sitk.WriteImage(sitk.ReadImage(str(hippo / "imagesTr" / "hippocampus_004.nii.gz")), str(nrrd))
-    nrrd.write_bytes(nrrd.read_bytes()[:-1000])
-    with pytest.raises(
-        DataError, match=r"Cannot read .*cut\.nrrd: .*Error reading .*cut\.nrrd.*\(RuntimeError\)"
-    ):
-        read_volume(nrrd)
 
 
 # --- broken cases ------------------------------------------------------------------------------------------
@@ -325,25 +275,6 @@ def test_unlabeled_images_are_checked_too(mini: Path, hippo: Path):
     problem = problems_of(reports, "hippocampus_008")[0]
     assert (problem.severity, problem.file) == ("error", path)
     assert next(r for r in reports if r.case == "hippocampus_008").labels_found == []
-
-
-def test_format_report_and_json(mini: Path):
-    path = label_path(mini)
-    array, affine = load(path)
-    array[0, 0, 0] = 7
-    save(path, array, affine)
-    info, reports = check(mini)
-    text = format_report(reports, info)
-    lines = text.splitlines()
-    assert lines[0].split() == ["case", "severity", "file", "message"]
-    assert lines[1].split()[:3] == [BAD, "error", f"labelsTr/{BAD}.nii.gz"]
-    assert lines[1].endswith("label values [7] are not in dataset.json labels [0, 1, 2].")
-    assert lines[-1] == "3 cases checked: 1 errors, 0 warnings"
-    data = json.loads(json.dumps(reports_to_dict(reports, info)))
-    assert (data["cases_checked"], data["errors"], data["warnings"]) == (3, 1, 0)
-    bad = next(c for c in data["cases"] if c["case"] == BAD)
-    assert bad["problems"][0]["file"] == str(path)
-    assert bad["labels_found"] == [0, 1, 2, 7]
 
 
 def test_degenerate_affine_is_an_error(mini: Path):

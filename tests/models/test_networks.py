@@ -1,17 +1,17 @@
-"""Tests for medcl.models.networks: shapes, feature capture, gradients and config errors."""
+"""Tests for medcl.models.networks: each family's shapes, feature maps, gradients and config errors."""
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 import torch
-from torch import nn
 
 from medcl.errors import ConfigError
-from medcl.models import NetOutput, SegNet, build_network
+from medcl.models import NETWORK_NAMES, NetOutput, SegNet, build_network
+from medcl.models.networks import _BUILDERS
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 # Small widths keep the whole file fast on 2 CPU cores.
 SMALL = {"features": (8, 8, 16, 32, 64, 8), "feature_size": 12}
@@ -42,15 +42,6 @@ ENCODER = {
     "unet": lambda net: net.net.model[0],
     "swinunetr": lambda net: net.net.swinViT.patch_embed,
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread() -> Iterator[None]:
-    """Run these tiny networks on one thread: on a shared 2-core runner, 2 OpenMP threads are ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make(name: str, dims: int, **kwargs: object) -> SegNet:
@@ -132,42 +123,6 @@ def test_hooks_idle_on_plain_forward(run: Run) -> None:
     assert hooks_before == len(EXPECTED[run.net.name][0]) + 1
 
 
-@pytest.mark.parametrize(("name", "dims"), [("basicunet", 2), ("unet", 3), ("swinunetr", 2)])
-def test_plain_forward_equals_feature_logits(name: str, dims: int) -> None:
-    """In eval mode the fast path gives exactly the feature call's logits."""
-    torch.manual_seed(0)
-    net = make(name, dims).eval()
-    x = torch.randn(2, 1, *SHAPES[name, dims])
-    with torch.no_grad():
-        plain = net(x)
-        out = net(x, return_features=True)
-    assert isinstance(plain, torch.Tensor) and not isinstance(plain, NetOutput)
-    assert torch.equal(plain, out.logits)
-
-
-def test_feature_calls_return_fresh_dicts() -> None:
-    """A second feature call (e.g. the teacher) does not overwrite the first call's maps."""
-    net = make("basicunet", 2)
-    first = net(torch.randn(1, 1, 32, 32), return_features=True)
-    kept = dict(first.features)
-    second = net(torch.randn(1, 1, 64, 64), return_features=True)
-    assert first.features == kept and first.features is not second.features
-    assert second.features["scale_2"].shape[-1] == 32
-
-
-def test_feature_channels_keeps_modes_and_batchnorm_stats() -> None:
-    """The dry forward neither moves BatchNorm running stats nor changes any module's train/eval flag."""
-    net = make("basicunet", 2, norm="batch")
-    frozen = net.net.conv_0
-    frozen.eval()
-    stats = {k: v.clone() for k, v in net.state_dict().items() if "running" in k}
-    assert stats
-    channels = net.feature_channels()
-    assert channels == {"scale_1": 8, "scale_2": 8, "scale_4": 16, "scale_8": 32, "embedding": 64}
-    assert net.training and net.net.down_1.training and not frozen.training
-    assert all(torch.equal(net.state_dict()[k], v) for k, v in stats.items())
-
-
 @pytest.mark.parametrize("name", ["basicunet", "unet", "swinunetr"])
 def test_default_feature_channels_2d(name: str) -> None:
     """The documented 2D defaults."""
@@ -194,15 +149,6 @@ def test_unet_first_stride_one_adds_full_resolution_map() -> None:
     out = net(torch.randn(2, 1, 16, 16), return_features=True)
     assert list(out.features) == ["scale_1", "scale_2", "scale_4"]
     assert out.embedding.shape == (2, 64, 2, 2)
-
-
-def test_deepcopy_gets_own_recorder() -> None:
-    """An EMA teacher made by deepcopy captures into its own dict, not the student's."""
-    student = make("basicunet", 2)
-    teacher = copy.deepcopy(student)
-    assert teacher._recorder is not student._recorder
-    out = teacher(torch.randn(1, 1, 32, 32), return_features=True)
-    assert len(out.features) == 4 and student._recorder.store == {}
 
 
 def test_torch_export_bare_basicunet_2d() -> None:
@@ -247,27 +193,6 @@ def test_config_errors(kwargs: dict[str, object], match: str) -> None:
         build_network(**settings)  # type: ignore[arg-type]
 
 
-def test_swin_rejects_size_not_divisible_by_32() -> None:
-    """A 48x48 input fails before the forward with the shape and the rule."""
-    net = make("swinunetr", 2)
-    with pytest.raises(ConfigError, match=r"divisible by 32; got \(48, 48\): use a patch size like 64 or 96"):
-        net(torch.zeros(1, 1, 48, 48))
-
-
-def test_instance_norm_needs_two_bottleneck_voxels() -> None:
-    """32x32 is divisible by 32 but leaves Swin's instance norm a single voxel: a clear error, not MONAI's."""
-    with pytest.raises(ConfigError, match="at least 2 voxels at its 1/32 bottleneck"):
-        make("swinunetr", 2).check_spatial_shape((32, 32))
-    with pytest.raises(ConfigError, match="divisible by 16"):
-        make("unet", 3).check_spatial_shape((16, 16, 24))
-    with pytest.raises(ValueError, match="built for 3D inputs"):
-        make("unet", 3).check_spatial_shape((32, 32))
-    # BasicUNet pads odd sizes itself, so only the minimum applies.
-    make("basicunet", 2).check_spatial_shape((33, 40))
-
-
-def test_segnet_is_module_with_bare_net() -> None:
-    """The wrapper exposes its settings and the bare MONAI module."""
-    net = make("unet", 3)
-    assert isinstance(net.net, nn.Module) and not isinstance(net.net, SegNet)
-    assert (net.name, net.spatial_dims, net.in_channels, net.out_channels) == ("unet", 3, 1, 3)
+def test_every_network_name_has_a_builder() -> None:
+    """The registry of family builders covers exactly the names the config accepts."""
+    assert list(_BUILDERS) == list(NETWORK_NAMES)

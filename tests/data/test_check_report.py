@@ -1,0 +1,48 @@
+"""Tests for medcl.data.check_report: the table and the JSON of `medcl data check`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from medcl.data.check_report import format_report, reports_to_dict
+from medcl.data.dataset import load_dataset
+from medcl.data.validate import check_dataset
+
+BAD = "hippocampus_004"  # the case the test breaks (one of the `mini` fixture's)
+
+
+def label_path(root: Path, case_id: str = BAD) -> Path:
+    return root / "labelsTr" / f"{case_id}.nii.gz"
+
+
+def load(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    image = nib.load(str(path))
+    return np.asarray(image.dataobj), image.affine.copy()
+
+
+def save(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
+    nib.save(nib.Nifti1Image(array, affine), str(path))
+
+
+def test_format_report_and_json(mini: Path):
+    path = label_path(mini)
+    array, affine = load(path)
+    array[0, 0, 0] = 7
+    save(path, array, affine)
+    info = load_dataset(mini)
+    reports = check_dataset(info, progress=False)
+    text = format_report(reports, info)
+    lines = text.splitlines()
+    assert lines[0].split() == ["case", "severity", "file", "message"]
+    assert lines[1].split()[:3] == [BAD, "error", f"labelsTr/{BAD}.nii.gz"]
+    assert lines[1].endswith("label values [7] are not in dataset.json labels [0, 1, 2].")
+    assert lines[-1] == "3 cases checked: 1 errors, 0 warnings"
+    data = json.loads(json.dumps(reports_to_dict(reports, info)))
+    assert (data["cases_checked"], data["errors"], data["warnings"]) == (3, 1, 0)
+    bad = next(c for c in data["cases"] if c["case"] == BAD)
+    assert bad["problems"][0]["file"] == str(path)
+    assert bad["labels_found"] == [0, 1, 2, 7]
