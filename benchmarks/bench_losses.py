@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 from medcl.losses.global_contrast import GlobalContrastiveLoss
 from medcl.losses.local_contrast import LocalContrastiveLoss
+from medcl.models.heads import RegionProjectionHead
 
 TAU = 0.1
 GLOBAL_VARIANTS = [f"global-{s}-{n}" for n in (48, 144) for s in ("GR", "GD-", "GD")]
@@ -101,16 +102,17 @@ def build(variant: str, impl: str) -> tuple[Callable[[], torch.Tensor], list[tor
 
     _, layout, negatives = variant.split("-")
     torch.manual_seed(0)
-    loss_fn = LocalContrastiveLoss(TAU, 3, layout, negatives, in_channels=64, embed_dim=128)
+    loss_fn = LocalContrastiveLoss(TAU, 3, layout, negatives)
+    head = RegionProjectionHead(64, region_size=3, out=128)
     f1 = torch.randn(12, 64, 48, 48, generator=g).requires_grad_()
     f2 = (f1.detach() + 0.3 * torch.randn(12, 64, 48, 48, generator=g)).requires_grad_()
-    leaves = [f1, f2, loss_fn.proj.weight]
+    leaves = [f1, f2, head.linear.weight]
     if impl == "vectorised":
-        return (lambda: loss_fn(f1, f2)), leaves
+        return (lambda: loss_fn(f1, f2, embed=head)), leaves
     positions = [tuple(p) for p in loss_fn.region_positions((48, 48)).tolist()]
     neighbours = loss_fn.negative_regions(torch.tensor(positions))
     negative_sets = [row.nonzero().flatten().tolist() for row in neighbours]
-    return (lambda: loop_local_loss(f1, f2, loss_fn.proj.weight, positions, negative_sets)), leaves
+    return (lambda: loop_local_loss(f1, f2, head.linear.weight, positions, negative_sets)), leaves
 
 
 def memory_kib(field: str) -> int:

@@ -76,6 +76,7 @@ def format_result(result) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from medcl.engine.run import train
+    from medcl.methods import METHODS
 
     extra = []
     if getattr(args, "strategy", None):
@@ -84,9 +85,10 @@ def run(args: argparse.Namespace) -> int:
         extra.append(f"method.partitions={args.partitions}")
     args.overrides = [*extra, *args.overrides]
     cfg = config_from_args(args)
-    if args.expect == "pretrain" and not cfg.method_name.startswith("pretrain_"):
+    if args.expect == "pretrain" and METHODS[cfg.method_name].kind != "pretrain":
         raise ConfigError(
-            f"medcl pretrain needs a pretraining config (method.name pretrain_*), got {cfg.method_name!r}"
+            "medcl pretrain needs a pretraining config (method.name one of "
+            f"{', '.join(n for n, m in METHODS.items() if m.kind == 'pretrain')}), got {cfg.method_name!r}"
         )
     if args.expect == "finetune":
         if cfg.method_name != "supervised":
@@ -99,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     result = train(cfg, resume=args.resume, progress=not args.no_progress, tags=tags)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
         print(format_result(result))
-        if result.best_dice is None and cfg.method_name.startswith("pretrain_"):
+        if result.best_dice is None and METHODS[cfg.method_name].kind == "pretrain":
             print(
                 f"next:             medcl finetune configs/<dataset>/finetune.yaml --data DIR --labeled N "
                 f"--init {result.run_id or result.run_dir}"

@@ -2,9 +2,11 @@
 
 Two intensity-only augmentations of the same B slices go through the (frozen) encoder, the first decoder
 blocks and the 1x1-conv head g2, giving maps f̂ = ``f1`` and f̃ = ``f2`` whose positions correspond. A local
-region u is a K x K window (K x K x K in 3D); its embedding v_u is the flattened window through a shared
-bias-free linear layer to 128-d (as the authors' code does), or the window mean. With s the cosine
-similarity and the pair loss of :mod:`medcl.losses.ntxent` ([0], Eq. 2)::
+region u is a K x K window (K x K x K in 3D); its embedding v_u is the flattened window through the caller's
+trainable embedding ``embed`` (:class:`medcl.models.heads.RegionProjectionHead`: a shared bias-free linear
+layer to 128-d, as the authors' code does), or the window mean. The loss itself holds no parameters and no
+random state: random regions are drawn from the ``generator`` it is given. With s the cosine similarity and
+the pair loss of :mod:`medcl.losses.ntxent` ([0], Eq. 2)::
 
     ℓ(u) = −log( e^{s(v̂_u, ṽ_u)/τ} / ( e^{s(v̂_u, ṽ_u)/τ} + Σ_{u'∈N(u)} ( e^{s(v̂_u, v̂_u')/τ} + e^{s(v̂_u, ṽ_u')/τ} ) ) )
 
@@ -45,7 +47,7 @@ window, M = 2B feature maps (map index m = view · B + image).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal, get_args
 
 import torch
@@ -147,20 +149,15 @@ class LocalContrastiveLoss(nn.Module):
             each region, the authors' code). Use neighbours5 to compare with the published numbers.
         strategy: ``"LR"`` (positives: the other view only) or ``"LD"`` (also same-partition images of
             other volumes; needs ``partition_ids`` and ``volume_ids`` in ``forward``).
-        embed_dim: size of the shared bias-free linear embedding of a flattened window (128 in the code);
-            None averages the window instead (D = C, no parameters).
-        in_channels: C of the feature maps; given, the linear layer is built now, otherwise lazily at the
-            first call (then run one forward before building the optimiser).
         spatial_dims: 2 for (B, C, H, W) maps, 3 for (B, C, H, W, D) maps with K x K x K windows.
-        seed: seed of the generator that draws random regions when ``forward`` gets no generator; None
-            uses torch's global random state.
 
     Raises:
         ValueError: an unknown option, τ ≤ 0, K < 1, n < 1 random regions, or grid13 in 3D.
 
     Example:
-        >>> loss_fn = LocalContrastiveLoss(regions="grid13", negatives="neighbours5", in_channels=64)
-        >>> loss = loss_fn(f1, f2)  # f1, f2: (12, 64, 48, 48) maps of two intensity views
+        >>> loss_fn = LocalContrastiveLoss(regions="grid13", negatives="neighbours5")
+        >>> embed = RegionProjectionHead(64, region_size=3)  # the method's trainable window embedding
+        >>> loss = loss_fn(f1, f2, embed=embed)  # f1, f2: (12, 64, 48, 48) maps of two intensity views
     """
 
     def __init__(
@@ -170,11 +167,8 @@ class LocalContrastiveLoss(nn.Module):
         regions: RegionLayout | int = "all",
         negatives: LocalNegatives = "all",
         strategy: LocalStrategy = "LR",
-        embed_dim: int | None = 128,
         *,
-        in_channels: int | None = None,
         spatial_dims: int = 2,
-        seed: int | None = None,
     ) -> None:
         super().__init__()
         if temperature <= 0:
@@ -199,27 +193,12 @@ class LocalContrastiveLoss(nn.Module):
             raise ValueError(
                 "The grid13 layout is defined for 2D maps only; use 'all' or a number of regions in 3D."
             )
-        if embed_dim is not None and embed_dim < 1:
-            raise ValueError(f"embed_dim must be positive or None (window mean), got {embed_dim}.")
         self.temperature = float(temperature)
         self.region_size = int(region_size)
         self.regions = regions
         self.negatives = negatives
         self.strategy = strategy
         self.spatial_dims = spatial_dims
-        self.in_channels = in_channels
-        self.embed_dim = embed_dim
-        window = self.region_size**spatial_dims
-        self.proj: nn.Module | None
-        if embed_dim is None:
-            self.proj = None
-        elif in_channels is None:
-            self.proj = nn.LazyLinear(embed_dim, bias=False)
-        else:
-            self.proj = nn.Linear(in_channels * window, embed_dim, bias=False)
-        self.generator: torch.Generator | None = None
-        if seed is not None:
-            self.generator = torch.Generator().manual_seed(seed)
 
     def extra_repr(self) -> str:
         return (
@@ -234,8 +213,7 @@ class LocalContrastiveLoss(nn.Module):
 
         Args:
             spatial_shape: (H, W) or (H, W, D).
-            generator: CPU generator for random regions; default the module's seeded generator, else
-                torch's global random state.
+            generator: CPU generator for random regions; None draws from torch's global random state.
 
         Returns:
             Shape: (R, d) int64.
@@ -257,7 +235,6 @@ class LocalContrastiveLoss(nn.Module):
                 f"Cannot draw {self.regions} distinct regions: a {tuple(spatial_shape)} map holds only "
                 f"{tiling.shape[0]} windows of size {self.region_size}."
             )
-        generator = self.generator if generator is None else generator
         chosen = torch.randperm(tiling.shape[0], generator=generator)[: self.regions]  # (n,)
         return tiling[chosen]  # (n, d)
 
@@ -297,15 +274,18 @@ class LocalContrastiveLoss(nn.Module):
         partition, volume = partition_ids.repeat(2), volume_ids.repeat(2)  # (2B,) each
         return other_view | (same_id(partition) & ~same_id(volume))  # (2B, 2B)
 
-    def region_embeddings(self, f: Tensor, positions: Tensor) -> Tensor:
+    def region_embeddings(
+        self, f: Tensor, positions: Tensor, embed: Callable[[Tensor], Tensor] | None = None
+    ) -> Tensor:
         """Embed the K-wide window at each position of each map.
 
         Args:
             f: feature maps. Shape: (M, C, H, W) or (M, C, H, W, D).
             positions: top-left corners, on ``f``'s device. Shape: (R, d).
+            embed: maps flattened windows (M, R, C·P), channel-major, to (M, R, D); None: the window mean.
 
         Returns:
-            Shape: (M, R, embed_dim), or (M, R, C) when ``embed_dim`` is None.
+            Shape: (M, R, D), or (M, R, C) without ``embed``.
         """
         m, c, *spatial = f.shape
         k, d = self.region_size, len(spatial)
@@ -314,10 +294,10 @@ class LocalContrastiveLoss(nn.Module):
         pixels = ((positions[:, None, :] + offsets[None]) * strides).sum(-1)  # (R, P) flat pixel indices
         windows = f.flatten(2).index_select(2, pixels.reshape(-1))  # (M, C, R·P)
         windows = windows.view(m, c, positions.shape[0], k**d)  # (M, C, R, P)
-        if self.proj is None:
+        if embed is None:
             return windows.mean(-1).transpose(1, 2)  # (M, R, C)
         flat = windows.permute(0, 2, 1, 3).reshape(m, positions.shape[0], c * k**d)  # (M, R, C·P), C-major
-        return self.proj(flat)  # (M, R, D)
+        return embed(flat)  # (M, R, D)
 
     def forward(
         self,
@@ -326,6 +306,7 @@ class LocalContrastiveLoss(nn.Module):
         partition_ids: Tensor | None = None,
         volume_ids: Tensor | None = None,
         *,
+        embed: Callable[[Tensor], Tensor] | None = None,
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """Local loss of one batch.
@@ -336,14 +317,18 @@ class LocalContrastiveLoss(nn.Module):
             f2: feature maps of the second view of the same slices. Shape: as ``f1``.
             partition_ids: partition of each slice; needed by L^D, ignored by L^R. Shape: (B,), int.
             volume_ids: volume of each slice; needed by L^D, ignored by L^R. Shape: (B,), int.
-            generator: CPU generator for random regions (``regions`` = n); see ``seed``.
+            embed: the trainable window embedding, e.g. a
+                :class:`~medcl.models.heads.RegionProjectionHead`: flattened windows (2B, R, C·P) ->
+                (2B, R, D). None embeds a window by its mean (D = C).
+            generator: CPU generator for random regions (``regions`` = n); None draws from torch's global
+                random state.
 
         Returns:
             Scalar loss: Σ over anchors and their positives of ℓ / (R · 2B).
 
         Raises:
-            ValueError: maps of different or wrong shapes, a channel count other than ``in_channels``, a
-                map too small for the layout, or missing/ill-shaped ids under L^D.
+            ValueError: maps of different or wrong shapes, a map too small for the layout, or
+                missing/ill-shaped ids under L^D.
         """
         if f1.shape != f2.shape:
             raise ValueError(
@@ -353,8 +338,6 @@ class LocalContrastiveLoss(nn.Module):
             raise ValueError(
                 f"Expected (B, C, *spatial) maps with {self.spatial_dims} spatial dims, got shape {tuple(f1.shape)}."
             )
-        if self.in_channels is not None and f1.shape[1] != self.in_channels:
-            raise ValueError(f"The maps have {f1.shape[1]} channels but in_channels={self.in_channels}.")
         b = f1.shape[0]
         if self.strategy == "LD":
             for name, ids in (("partition_ids", partition_ids), ("volume_ids", volume_ids)):
@@ -364,7 +347,7 @@ class LocalContrastiveLoss(nn.Module):
 
         positions = self.region_positions(f1.shape[2:], generator).to(f1.device)  # (R, d)
         r = positions.shape[0]
-        v = self.region_embeddings(torch.cat([f1, f2]), positions)  # (M, R, D), M = 2B
+        v = self.region_embeddings(torch.cat([f1, f2]), positions, embed)  # (M, R, D), M = 2B
         v = F.normalize(v, dim=-1)  # (M, R, D)
 
         # Negatives: other regions of both views of the anchor's own image, one (2R, 2R) block per image.

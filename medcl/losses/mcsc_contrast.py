@@ -15,7 +15,7 @@ contributes one averaged term whatever its pixel count ("class prevalence" weigh
 not swamp small structures. Because log D_i does not depend on p, ℓ_i = log(D_i + ε) − z_i·m_i/τ with
 m_i the mean embedding of i's positives, which the kernel computes from per-class sums in O(P·C·D).
 
-Choices that differ from the authors' code [1] (reasons in ``../shared/reference/methods.md`` §2.6, §5):
+Choices that differ from the authors' code [1], each with its reason (docs/methods.md, MCSC):
 
 * Labels and embeddings are flattened in the **same** order. [1] flattens labels in (row, image, col) and
   features in (image, row, col) order, which scrambles the positive mask. A ``legacy_label_order`` switch to

@@ -9,17 +9,16 @@ from __future__ import annotations
 
 from abc import ABCMeta, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from medcl.config import Config
+from medcl.config import Config, MethodParams
 from medcl.data.sampling import StepSampler
 from medcl.data.transforms import batch_transforms, sample_transforms
 from medcl.models.networks import SegNet, build_network
-from medcl.schedules import ResolvedSteps, resolve_step_fields
+from medcl.schedules import ResolvedSteps, ScheduleParams, resolve_step_fields
 
 
 def pseudo_label_dice(pseudo: torch.Tensor, label: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -46,10 +45,15 @@ def pseudo_label_dice(pseudo: torch.Tensor, label: torch.Tensor, num_classes: in
     return dice.sum() / present.sum().clamp_min(1)
 
 
-class MethodParams(BaseModel):
-    """Base for a method's own config section (``method.*``); unknown keys are errors."""
+def check_schedule_targets(schedule: ScheduleParams, allowed: tuple[str, ...]) -> None:
+    """Reject ``schedule.applies_to`` names the method does not have (a typo would silently keep tau constant).
 
-    model_config = ConfigDict(extra="forbid")
+    Raises:
+        ValueError: An unknown name; the message lists the method's scheduled losses.
+    """
+    unknown = [name for name in schedule.applies_to if name not in allowed]
+    if unknown:
+        raise ValueError(f"schedule.applies_to names {unknown}; this method's losses are {list(allowed)}")
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,11 @@ class Method(nn.Module, metaclass=ABCMeta):
     #: ``labeled`` (splits.labeled), ``unlabeled`` (splits.unlabeled), ``images`` (every training case,
     #: labels never read: contrastive pretraining). Each becomes ``batch[<stream>]`` in ``training_step``.
     streams: ClassVar[dict[str, bool]] = {"labeled": True}
-    #: Whether the engine validates segmentation on the val cases (pretraining methods do not segment).
+    #: What a run of the method produces: ``"segment"`` (``medcl train``: a segmentation network) or
+    #: ``"pretrain"`` (``medcl pretrain``: weights that a later segmenting run starts from with ``--init``).
+    kind: ClassVar[Literal["segment", "pretrain"]] = "segment"
+    #: Whether the engine validates segmentation on the val cases (label-free pretraining does not segment;
+    #: ACTION++'s pretraining trains a segmentation head on labeled slices in stage 2 and validates).
     validates: ClassVar[bool] = True
     #: Keys of ``training_step``'s result that are statistics, not losses: logged as ``train/<key>`` even when
     #: they are tensors (other tensor entries are logged as ``train/loss_<key>``). Returning a tensor, not a
@@ -101,7 +109,13 @@ class Method(nn.Module, metaclass=ABCMeta):
         (:func:`medcl.schedules.resolve_step_fields`); the second value maps each dotted key of a step count,
         ``optim.warmup_steps`` included, to what the config gave and the steps it means.
         """
-        params = cls.Params.model_validate({k: v for k, v in cfg.method.items() if k != "name"})
+        params = (
+            cfg.method
+        )  # typed by cls.Params when the config was validated (medcl.methods.validate_config)
+        if not isinstance(params, cls.Params):
+            raise TypeError(
+                f"{cls.__name__} needs method params of type {cls.Params.__name__}, got {type(params).__name__}"
+            )
         params, method_steps = resolve_step_fields(params, cfg.train.steps, "method")
         _, optim_steps = resolve_step_fields(cfg.optim, cfg.train.steps, "optim")
         return params, {**optim_steps, **method_steps}

@@ -5,10 +5,12 @@ The cheapest semi-supervised step: one network, no teacher copy, no contrast. Ea
 1. predicts the unlabeled slices' *weak* view (the sampler's own flips/rotations) without gradient and keeps
    the argmax as pseudo-label and the max probability as confidence;
 2. builds a *strong* view of the same slices (CutMix between the unlabeled slices, with pseudo-labels and
-   confidences mixed by the same boxes, then colour jitter and Gaussian blur: :func:`medcl.data.mixing.strong_view`);
-3. trains on ``L_sup + unsup_weight * L_unsup``: ``L_sup`` is Dice + CE on the labeled slices, and ``L_unsup``
-   is the pseudo-label loss on the strong view, counted only where the confidence reaches ``threshold``
-   (``0.95`` in both papers):
+   confidences mixed by the same boxes, then colour jitter and Gaussian blur). Steps 1-2 are the shared
+   weak -> strong step, :func:`medcl.methods.teacher.weak_to_strong`;
+3. trains on ``L_sup + unsup_weight * L_unsup``: ``L_sup`` is Dice + CE on the labeled slices
+   (:class:`~medcl.methods.supervised_loss.SupervisedLoss`), and ``L_unsup`` is the same loss on the strong
+   view against the pseudo-labels, counted only where the confidence reaches ``threshold`` (``0.95`` in both
+   papers; :meth:`~medcl.methods.supervised_loss.SupervisedLoss.masked`):
 
        L_unsup = ce_weight * sum(m * CE) / |pixels|  +  dice_weight * MaskedDice(softmax, pseudo, m)
 
@@ -30,23 +32,24 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
-from monai.losses import DiceCELoss, MaskedDiceLoss
 from pydantic import Field
 from torch import Tensor
 
 from medcl.config import Config
-from medcl.data.mixing import MixMode, step_generator, strong_view
-from medcl.methods.base import DataSpec, Method, MethodParams, pseudo_label_dice
-from medcl.models.networks import SegNet
+from medcl.data.mixing import MixMode, step_generator
+from medcl.methods.base import DataSpec, Method
+from medcl.methods.supervised_loss import SupervisedLoss, SupervisedLossParams
+from medcl.methods.teacher import confident, weak_to_strong
+from medcl.models.segnet import SegNet
 
 
-class FixMatchParams(MethodParams):
-    """``method.*`` keys of ``fixmatch``."""
+class FixMatchParams(SupervisedLossParams):
+    """``method.*`` keys of ``fixmatch``.
 
-    dice_weight: float = Field(0.5, ge=0, description="Weight of Dice in both losses (UniMatch: 0.5).")
-    ce_weight: float = Field(0.5, ge=0, description="Weight of CE in both losses (UniMatch: 0.5).")
-    include_background: bool = Field(False, description="Count background in the Dice terms.")
+    The supervised loss's keys (``dice_weight``, ``ce_weight``, ``include_background``) set both ``L_sup`` and
+    the masked ``L_unsup``.
+    """
+
     unsup_weight: float = Field(1.0, ge=0, description="Weight of L_unsup (FixMatch: 1, no ramp-up).")
     threshold: float = Field(
         0.95,
@@ -69,18 +72,8 @@ class FixMatch(Method):
 
     def __init__(self, cfg: Config, spec: DataSpec) -> None:
         super().__init__(cfg, spec)
-        p = self.params
         self.net = self.build_net()
-        self.sup_loss = DiceCELoss(
-            include_background=p.include_background,
-            to_onehot_y=True,
-            softmax=True,
-            lambda_dice=p.dice_weight,
-            lambda_ce=p.ce_weight,
-        )
-        self.masked_dice = MaskedDiceLoss(
-            include_background=p.include_background, to_onehot_y=True, softmax=True
-        )
+        self.sup_loss = SupervisedLoss.from_params(self.params)
 
     def unsup_loss(self, logits: Tensor, pseudo: Tensor, confidence: Tensor) -> Tensor:
         """Confidence-masked CE (over every pixel) + masked Dice of the strong view against the pseudo-labels.
@@ -90,16 +83,7 @@ class FixMatch(Method):
             pseudo: Mixed pseudo-labels. Shape: ``(B, *S)``, int64.
             confidence: Mixed confidences. Shape: ``(B, *S)``.
         """
-        p = self.params
-        mask = (confidence >= p.threshold).float()  # (B, *S)
-        loss = logits.new_zeros((), dtype=torch.float32)
-        if p.ce_weight:
-            ce = F.cross_entropy(logits.float(), pseudo, reduction="none")  # (B, *S)
-            loss = loss + p.ce_weight * (ce * mask).sum() / mask.numel()
-        if p.dice_weight:
-            dice = self.masked_dice(logits.float(), pseudo.unsqueeze(1), mask=mask.unsqueeze(1))
-            loss = loss + p.dice_weight * dice
-        return loss
+        return self.sup_loss.masked(logits, pseudo, confident(confidence, self.params.threshold))
 
     def training_step(self, batch: dict[str, Any], step: int) -> dict[str, Tensor | float]:
         p = self.params
@@ -110,32 +94,29 @@ class FixMatch(Method):
             return {"loss": l_sup, "sup": l_sup.detach()}
         x_u = batch["unlabeled"]["image"]  # (Bu, C, *S)
         with torch.no_grad():
-            prob = torch.softmax(self.net(x_u).float(), dim=1)  # (Bu, K, *S)
-            conf, pseudo = prob.max(dim=1)  # (Bu, *S) each
-            withheld = batch["unlabeled"].get("label")  # train.pseudo_dice only; never a loss
-            quality = None if withheld is None else pseudo_label_dice(pseudo, withheld, self.spec.num_classes)
-            x_s, pseudo, conf = strong_view(
-                x_u,
-                pseudo,
-                conf,
-                mode=p.mix,
-                num_classes=self.spec.num_classes,
-                jitter_prob=p.jitter_prob,
-                blur_prob=p.blur_prob,
-                generator=step_generator(self.cfg.train.seed, step, x_u.device),
-            )
-        logits = self.net(torch.cat([x_l, x_s]))  # (Bl + Bu, K, *S)
+            weak_logits = self.net(x_u)  # (Bu, K, *S): the same network, in training mode
+        strong = weak_to_strong(
+            weak_logits,
+            x_u,
+            mix=p.mix,
+            num_classes=self.spec.num_classes,
+            jitter_prob=p.jitter_prob,
+            blur_prob=p.blur_prob,
+            generator=step_generator(self.cfg.train.seed, step, x_u.device),
+            withheld=batch["unlabeled"].get("label"),  # train.pseudo_dice only; never a loss
+        )
+        logits = self.net(torch.cat([x_l, strong.image]))  # (Bl + Bu, K, *S)
         n_lab = x_l.shape[0]
         l_sup = self.sup_loss(logits[:n_lab], y_l)
-        l_unsup = self.unsup_loss(logits[n_lab:], pseudo, conf)
+        l_unsup = self.unsup_loss(logits[n_lab:], strong.labels, strong.confidence)
         result = {
             "loss": l_sup + p.unsup_weight * l_unsup,
             "sup": l_sup.detach(),
             "unsup": l_unsup.detach(),
-            "confident_fraction": (conf >= p.threshold).float().mean(),
+            "confident_fraction": strong.confident(p.threshold).float().mean(),
         }
-        if quality is not None:
-            result["pseudo_dice"] = quality
+        if strong.quality is not None:
+            result["pseudo_dice"] = strong.quality
         return result
 
     def inference_network(self) -> SegNet:

@@ -1,7 +1,7 @@
 """MCSC: a CNN and a Transformer teach each other, plus multi-scale cross-supervised pixel contrast [0].
 
 One step on a batch of labeled (L) and unlabeled (U) slices or patches, for networks k ∈ {CNN, Transformer}
-([0] Sec. 3; the authors' training script [1]; §2.1 of ``../shared/reference/methods.md``)::
+([0] Sec. 3; the authors' training script [1]; docs/methods.md, MCSC)::
 
     L_sup,k = 0.5 · (CE(f_k(x_L), y) + Dice(f_k(x_L), y))                      labeled images
     L_cps,k = Dice(f_k(x_U), argmax f_other(x_U))      (target detached)       unlabeled images

@@ -13,6 +13,7 @@ Labels are never read: both stages use the label-free ``images`` stream (every t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -25,7 +26,7 @@ from medcl.errors import ConfigError
 from medcl.losses.global_contrast import GlobalContrastiveLoss
 from medcl.losses.local_contrast import LocalContrastiveLoss
 from medcl.methods.base import DataSpec, Method, MethodParams
-from medcl.models.heads import GlobalProjectionHead, LocalProjectionHead
+from medcl.models.heads import GlobalProjectionHead, LocalProjectionHead, RegionProjectionHead
 
 # Encoder submodules of the wrapped MONAI networks, and decoder blocks coarsest first.
 ENCODER_MODULES = {
@@ -102,6 +103,7 @@ def embedding_stats(z: torch.Tensor) -> dict[str, torch.Tensor]:
 class _Pretrain(Method):
     """Shared plumbing: the label-free stream, partition sampling, no validation."""
 
+    kind = "pretrain"
     streams: ClassVar[dict[str, bool]] = {"images": False}
     validates: ClassVar[bool] = False
     metrics: ClassVar[frozenset[str]] = frozenset({"emb_cos_mean", "emb_std"})
@@ -189,20 +191,36 @@ class PretrainLocal(_Pretrain):
             )
         self.feature_key, channels = decoder[self.params.decoder_blocks - 1]
         self.local_head = LocalProjectionHead(channels)
+        # The local loss's trainable window embedding; without one (embed_dim: null) a window is its mean.
+        self.region_head = (
+            None
+            if self.params.embed_dim is None
+            else RegionProjectionHead(channels, self.params.region_size, self.params.embed_dim)
+        )
         self.loss_fn = LocalContrastiveLoss(
             temperature=self.params.temperature,
             region_size=self.params.region_size,
             regions=self.params.regions,
             negatives=self.params.negatives,
             strategy=self.params.strategy,
-            embed_dim=self.params.embed_dim,
-            in_channels=channels,
         )
+
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ) -> Any:
+        """Load; checkpoints written while the loss owned the window embedding name it ``loss_fn.proj``."""
+        old, new = "loss_fn.proj.weight", "region_head.linear.weight"
+        if old in state_dict:
+            state_dict = {(new if k == old else k): v for k, v in state_dict.items()}
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def training_step(self, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor | float]:
         b = batch["images"]
         out = self.net(b["image"], return_features=True)
         f = self.local_head(out.features[self.feature_key])  # (2n, C, h, w)
         first, second = b["view_ids"] == 0, b["view_ids"] == 1  # view-major: slice k of both views align
-        loss = self.loss_fn(f[first], f[second], b["partition_ids"][first], b["volume_ids"][first])
+        # Random regions (method.regions: N) come from torch's global random state, seeded by the engine.
+        loss = self.loss_fn(
+            f[first], f[second], b["partition_ids"][first], b["volume_ids"][first], embed=self.region_head
+        )
         return {"loss": loss, "local": loss.detach(), "tau": self.params.temperature}

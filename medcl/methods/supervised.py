@@ -5,26 +5,27 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from monai.losses import DiceCELoss
-from pydantic import Field
 
 from medcl.config import Config
-from medcl.methods.base import DataSpec, Method, MethodParams
+from medcl.methods.base import DataSpec, Method
+from medcl.methods.supervised_loss import SupervisedLoss, SupervisedLossParams
+from medcl.models.segnet import SegNet
 
 
-class SupervisedParams(MethodParams):
-    """``method.*`` keys of the supervised method."""
+class SupervisedParams(SupervisedLossParams):
+    """``method.*`` keys of the supervised method: the supervised loss's, each weight 1 by default."""
 
-    dice_weight: float = Field(1.0, ge=0, description="Weight of the soft Dice loss (foreground classes).")
-    ce_weight: float = Field(1.0, ge=0, description="Weight of the cross-entropy loss.")
-    include_background: bool = Field(False, description="Count background in the Dice term.")
+    # The baseline weighs both terms 1 (DiceCELoss's own defaults), not 0.5 as ACTION and UniMatch do.
+    dice_weight: float = SupervisedLossParams.field_with_default("dice_weight", 1.0)
+    ce_weight: float = SupervisedLossParams.field_with_default("ce_weight", 1.0)
 
 
 class Supervised(Method):
     """Dice + CE on labeled samples: the baseline every semi-supervised method is compared with.
 
-    ``loss = dice_weight * Dice(softmax(f(x)), y) + ce_weight * CE(f(x), y)`` with MONAI's ``DiceCELoss``
-    (soft Dice over the batch per class, averaged over classes).
+    ``loss = dice_weight * Dice(softmax(f(x)), y) + ce_weight * CE(f(x), y)``
+    (:class:`~medcl.methods.supervised_loss.SupervisedLoss`: soft Dice over the batch per class, averaged
+    over classes).
     """
 
     name = "supervised"
@@ -33,13 +34,7 @@ class Supervised(Method):
     def __init__(self, cfg: Config, spec: DataSpec) -> None:
         super().__init__(cfg, spec)
         self.net = self.build_net()
-        self.loss_fn = DiceCELoss(
-            include_background=self.params.include_background,
-            to_onehot_y=True,
-            softmax=True,
-            lambda_dice=self.params.dice_weight,
-            lambda_ce=self.params.ce_weight,
-        )
+        self.loss_fn = SupervisedLoss.from_params(self.params)
 
     def training_step(self, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor | float]:
         labeled = batch["labeled"]
@@ -47,5 +42,5 @@ class Supervised(Method):
         loss = self.loss_fn(logits, labeled["label"])
         return {"loss": loss, "sup": loss.detach()}
 
-    def inference_network(self):
+    def inference_network(self) -> SegNet:
         return self.net

@@ -1,31 +1,68 @@
-"""Student-teacher plumbing: an EMA teacher that never receives gradients, and FIFO feature queues.
+"""Student-teacher pieces shared by the semi-supervised methods: EMA teacher, pseudo-labels, weak->strong views.
 
-* :func:`frozen_copy` makes the teacher: a deep copy of the student modules with ``requires_grad`` off, so the
-  optimiser never sees it and the engine's gradient clipping skips it.
-* :func:`ema_update` moves it once per step, after the optimiser step (``Method.on_step_end``):
+A semi-supervised method built from these is a small file: subclass :class:`StudentTeacher` (its ``Params``
+subclass :class:`TeacherParams`), list its ``(teacher, student)`` pairs in ``ema_pairs``, and in
+``training_step`` turn the teacher's logits on the weak view into a :class:`StrongView` with
+:func:`weak_to_strong`. FixMatch, whose "teacher" is the student itself under ``torch.no_grad``, uses only
+:func:`weak_to_strong`.
+
+* **EMA teacher.** :func:`frozen_copy` makes the teacher: a deep copy of the student modules with
+  ``requires_grad`` off, so the optimiser never sees it and the engine's gradient clipping skips it.
+  :func:`ema_update` moves it once per step, after the optimiser step (:meth:`StudentTeacher.on_step_end`):
   ``theta_t <- m theta_t + (1 - m) theta_s`` for parameters (mean teacher [0], m = 0.99 in ACTION [1]) and a
   plain copy for buffers (BatchNorm running statistics, counters), whose average is meaningless.
-* :class:`FeatureQueue` is a MoCo-style [2] ring buffer of detached keys (with optional integer labels) held in
-  registered buffers, so checkpoints carry it and ``--resume`` continues with the same memory.
+* **Pseudo-labels.** :func:`pseudo_labels`: the argmax of the teacher's softmax and its maximum (the
+  confidence); :func:`confident`: the pixels whose confidence reaches a threshold.
+* **Weak -> strong.** :func:`weak_to_strong`: pseudo-labels of the weak view, then the strong view of the same
+  images (CutMix/ClassMix with the pseudo-labels and confidences mixed alike, colour jitter, blur:
+  :func:`medcl.data.mixing.strong_view`), as FixMatch [2] and UniMatch [3] for segmentation.
+* **Queues.** :class:`FeatureQueue` is a MoCo-style [4] ring buffer of detached keys (with optional integer
+  labels) held in registered buffers, so checkpoints carry it and ``--resume`` continues with the same memory.
+  A step's teacher keys enter their queue only after the optimiser step, never inside the graph of the loss:
+  ``training_step`` hands them to :meth:`StudentTeacher.push_after_step`, :meth:`StudentTeacher.on_step_end`
+  pushes them.
 
 - [0] A. Tarvainen, H. Valpola, "Mean teachers are better role models", NeurIPS 2017,
   https://arxiv.org/abs/1703.01780
 - [1] C. You, W. Dai, Y. Min, L. Staib, J. S. Duncan, "Bootstrapping Semi-supervised Medical Image
   Segmentation with Anatomical-aware Contrastive Distillation", IPMI 2023, https://arxiv.org/abs/2206.02307
-- [2] K. He, H. Fan, Y. Wu, S. Xie, R. Girshick, "Momentum Contrast for Unsupervised Visual Representation
+- [2] K. Sohn et al., "FixMatch: Simplifying Semi-Supervised Learning with Consistency and Confidence",
+  NeurIPS 2020, https://arxiv.org/abs/2001.07685
+- [3] L. Yang, L. Qi, L. Feng, W. Zhang, Y. Shi, "Revisiting Weak-to-Strong Consistency in Semi-Supervised
+  Semantic Segmentation" (UniMatch), CVPR 2023, https://arxiv.org/abs/2208.09910
+- [4] K. He, H. Fan, Y. Wu, S. Xie, R. Girshick, "Momentum Contrast for Unsupervised Visual Representation
   Learning", CVPR 2020, https://arxiv.org/abs/1911.05722
 """
 
 from __future__ import annotations
 
 import copy
-from typing import TypeVar
+from abc import abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor, nn
 
-__all__ = ["FeatureQueue", "ema_update", "frozen_copy"]
+from medcl.config import Config, MethodParams
+from medcl.data.mixing import MixMode, strong_view
+from medcl.methods.base import DataSpec, Method, pseudo_label_dice
+
+__all__ = [
+    "FeatureQueue",
+    "QueuePush",
+    "StrongView",
+    "StudentTeacher",
+    "TeacherParams",
+    "confident",
+    "ema_update",
+    "frozen_copy",
+    "pseudo_labels",
+    "weak_to_strong",
+]
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -62,6 +99,100 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
         torch._foreach_add_(t_params, [s.detach() for s in s_params], alpha=1.0 - momentum)
     for t_buf, s_buf in zip(teacher.buffers(), student.buffers(), strict=True):
         t_buf.copy_(s_buf)
+
+
+def pseudo_labels(logits: Tensor) -> tuple[Tensor, Tensor]:
+    """Hard pseudo-labels of a teacher's logits and their confidence.
+
+    The softmax is taken in float32 (logits may come from a bf16 network); the confidence of a pixel is its
+    largest class probability and its pseudo-label that class.
+
+    Args:
+        logits: Teacher logits. Shape: ``(B, K, *S)``.
+
+    Returns:
+        ``(confidence, labels)``: the max probability, float32, and the argmax, int64. Shape: ``(B, *S)`` each.
+
+    Example:
+        >>> confidence, labels = pseudo_labels(torch.tensor([[[0.0], [2.0]]]))  # (1, 2, 1): K = 2, one pixel
+        >>> labels.tolist(), round(confidence.item(), 4)
+        ([[1]], 0.8808)
+    """
+    prob = torch.softmax(logits.float(), dim=1)  # (B, K, *S)
+    confidence, labels = prob.max(dim=1)  # (B, *S) each
+    return confidence, labels
+
+
+def confident(confidence: Tensor, threshold: float) -> Tensor:
+    """The pixels whose teacher confidence reaches ``threshold`` (``>=``). Shape: as ``confidence``, bool."""
+    return confidence >= threshold
+
+
+@dataclass(frozen=True)
+class StrongView:
+    """The student's view of an unlabeled batch and its targets, from :func:`weak_to_strong`.
+
+    Attributes:
+        image: The strong view. Shape: ``(B, C, *S)``.
+        labels: The pseudo-labels, mixed like the images. Shape: ``(B, *S)``, int64.
+        confidence: The teacher's confidences, mixed alike. Shape: ``(B, *S)``, float32.
+        quality: Mean foreground Dice of the weak view's pseudo-labels against withheld labels
+            (``train/pseudo_dice``; :func:`medcl.methods.base.pseudo_label_dice`), None without them.
+    """
+
+    image: Tensor
+    labels: Tensor
+    confidence: Tensor
+    quality: Tensor | None = None
+
+    def confident(self, threshold: float) -> Tensor:
+        """:func:`confident` on the mixed confidences. Shape: ``(B, *S)``, bool."""
+        return confident(self.confidence, threshold)
+
+
+@torch.no_grad()
+def weak_to_strong(
+    weak_logits: Tensor,
+    weak_image: Tensor,
+    *,
+    mix: MixMode,
+    num_classes: int,
+    jitter_prob: float,
+    blur_prob: float,
+    generator: torch.Generator,
+    withheld: Tensor | None = None,
+) -> StrongView:
+    """The weak -> strong step: pseudo-label the weak view, then build the strong view and mix the targets alike.
+
+    Args:
+        weak_logits: The teacher's logits on the weak view (the sampler's flips and rotations only).
+            Shape: ``(B, K, *S)``.
+        weak_image: The weak view. Shape: ``(B, C, *S)``.
+        mix: ``"cutmix"``, ``"classmix"`` or ``"none"`` (:func:`medcl.data.mixing.strong_view`).
+        num_classes: ``K``.
+        jitter_prob: Probability of colour jitter per image.
+        blur_prob: Probability of Gaussian blur per image.
+        generator: The step's random source (:func:`medcl.data.mixing.step_generator`), so a resumed run
+            draws the same boxes and jitter again.
+        withheld: Withheld labels of the weak view (``train.pseudo_dice`` only; never a loss).
+            Shape: ``(B, 1, *S)`` or ``(B, *S)``.
+
+    Returns:
+        The strong view with its pseudo-labels and confidences; new tensors, ``weak_image`` is unchanged.
+    """
+    confidence, labels = pseudo_labels(weak_logits)  # (B, *S) each
+    quality = None if withheld is None else pseudo_label_dice(labels, withheld, num_classes)
+    image, labels, confidence = strong_view(
+        weak_image,
+        labels,
+        confidence,
+        mode=mix,
+        num_classes=num_classes,
+        jitter_prob=jitter_prob,
+        blur_prob=blur_prob,
+        generator=generator,
+    )
+    return StrongView(image, labels, confidence, quality)
 
 
 class FeatureQueue(nn.Module):
@@ -138,3 +269,82 @@ class FeatureQueue(nn.Module):
             self.labels[slots] = labels.detach()[-self.size :].long()
         self.ptr.copy_((self.ptr + n) % self.size)
         self.count.add_(n)
+
+
+@dataclass(frozen=True)
+class QueuePush:
+    """Keys (and labels) of one step waiting for the end of the step to enter ``queue``."""
+
+    queue: FeatureQueue
+    keys: Tensor
+    labels: Tensor | None = None
+
+
+class TeacherParams(MethodParams):
+    """``method.*`` keys of every method with an EMA teacher."""
+
+    ema_momentum: float = Field(0.99, ge=0, le=1, description="Teacher EMA momentum m (paper: 0.99).")
+
+
+class StudentTeacher(Method):
+    """A method with a student ``net`` and EMA teachers: one EMA update per step, then the step's queue pushes.
+
+    Subclasses list ``(teacher, student)`` module pairs in :meth:`ema_pairs` (teachers built with
+    :func:`frozen_copy`); their ``Params`` subclass :class:`TeacherParams`. Teacher keys that a step adds to a
+    :class:`FeatureQueue` are handed to :meth:`push_after_step` in ``training_step`` and pushed by
+    :meth:`on_step_end`, after the optimiser step, so the loss of a step never sees its own keys in the queue.
+
+    Loading a state dict that has student weights but no teacher weights (``--init`` from a supervised or
+    Chaitanya run) starts every teacher as a copy of its student, so student and teacher begin equal as in the
+    reference.
+    """
+
+    params: TeacherParams
+
+    def __init__(self, cfg: Config, spec: DataSpec) -> None:
+        super().__init__(cfg, spec)
+        self.pending_pushes: list[QueuePush] = []
+
+    @abstractmethod
+    def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """``(teacher, student)`` pairs moved by :func:`ema_update`."""
+
+    def student_parameters(self) -> list[nn.Parameter]:
+        """Every parameter that is not part of a teacher (frozen ones included: stages unfreeze them)."""
+        teacher_ids = {id(p) for t, _ in self.ema_pairs() for p in t.parameters()}
+        return [p for p in self.parameters() if id(p) not in teacher_ids]
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """All student parameters; SGD skips those without a gradient, so frozen stages stay unchanged."""
+        return [{"params": self.student_parameters()}]
+
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ) -> Any:
+        """Load, then copy each student into its teacher when the state has no teacher weights."""
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        names = {id(m): n for n, m in self.named_children()}
+        for teacher, student in self.ema_pairs():
+            t_name, s_name = names[id(teacher)], names[id(student)]
+            has_teacher = any(k.startswith(f"{t_name}.") for k in state_dict)
+            has_student = any(k.startswith(f"{s_name}.") for k in state_dict)
+            if has_student and not has_teacher:
+                teacher.load_state_dict(student.state_dict())
+        return result
+
+    def forward(self, batch: dict[str, Any], step: int) -> dict[str, Tensor | float]:
+        # A step that never reached on_step_end (an exception, a test) leaves no keys for the next one.
+        self.pending_pushes = []
+        return super().forward(batch, step)
+
+    def push_after_step(self, queue: FeatureQueue, keys: Tensor, labels: Tensor | None = None) -> None:
+        """Have :meth:`on_step_end` push ``keys`` (and ``labels``) into ``queue`` (see :meth:`FeatureQueue.push`)."""
+        self.pending_pushes.append(QueuePush(queue, keys, labels))
+
+    def on_step_end(self, step: int) -> None:
+        """The step's single EMA update of every teacher, then the queue pushes of the step."""
+        for teacher, student in self.ema_pairs():
+            ema_update(teacher, student, self.params.ema_momentum)
+        pushes, self.pending_pushes = self.pending_pushes, []
+        for push in pushes:
+            push.queue.push(push.keys, push.labels)

@@ -4,8 +4,10 @@
   contrastive loss compares across images.
 * :class:`LocalProjectionHead` maps a decoder feature map to a feature map of the same size, whose local
   regions the local contrastive loss compares between two intensity-augmented views.
+* :class:`RegionProjectionHead` embeds each of those local regions (a flattened K x K window of the g2 map)
+  with one shared linear layer; the local loss hands it the windows (``embed=``).
 
-Both heads are used in pre-training only and dropped before fine-tuning. Neither normalises its output:
+These heads are used in pre-training only and dropped before fine-tuning. None normalises its output:
 the contrastive losses L2-normalise before taking cosine similarities.
 
 Shape letters: B batch, C channels, S spatial sizes (H, W or D, H, W), D the projection size.
@@ -26,7 +28,7 @@ from torch import Tensor, nn
 
 from medcl.precision import mixed_precision
 
-__all__ = ["GlobalProjectionHead", "LocalProjectionHead", "PixelProjectionHead"]
+__all__ = ["GlobalProjectionHead", "LocalProjectionHead", "PixelProjectionHead", "RegionProjectionHead"]
 
 
 def _check_positive(name: str, value: object) -> None:
@@ -171,6 +173,63 @@ class LocalProjectionHead(nn.Module):
             )
         # (B, C, *S) -> (B, C, *S): every position is mapped independently (1x1 kernels).
         return self.block(x)
+
+
+class RegionProjectionHead(nn.Module):
+    """The embedding v_u of a local region: one shared bias-free linear layer on the flattened window.
+
+    The authors' code [1] flattens each K x K window of the g2 map and maps it to 128 values with a dense
+    layer without bias, shared by every region and image; the local contrastive loss
+    (:class:`medcl.losses.local_contrast.LocalContrastiveLoss`) cuts the windows and calls this head on them
+    (its ``embed`` argument), so the loss holds no parameters. The layer runs in float32, as the loss does
+    (no ``mixed_precision``): its outputs go straight into a temperature-scaled softmax.
+
+    Args:
+        in_channels: Channels ``C`` of the feature map the windows are cut from.
+        region_size: Window side ``K``; a window holds ``P = K**spatial_dims`` pixels.
+        out: Embedding size ``D`` (128 in [1]).
+        spatial_dims: 2 for slices, 3 for volumes.
+
+    Shape:
+        - Input: ``(..., C * P)``: windows flattened channel-major (all pixels of channel 0, then channel 1...).
+        - Output: ``(..., D)``, not normalised.
+
+    Raises:
+        ValueError: When a size is not a positive integer or ``spatial_dims`` is not 2 or 3, or (in
+            ``forward``) when the last axis is not ``C * P`` long.
+
+    Example:
+        >>> head = RegionProjectionHead(64, region_size=3)
+        >>> head(torch.randn(12, 13, 64 * 9)).shape
+        torch.Size([12, 13, 128])
+    """
+
+    def __init__(self, in_channels: int, region_size: int = 3, out: int = 128, spatial_dims: int = 2) -> None:
+        """Build the bias-free linear layer."""
+        super().__init__()
+        for name, value in (("in_channels", in_channels), ("region_size", region_size), ("out", out)):
+            _check_positive(name, value)
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3; got {spatial_dims!r}.")
+        self.in_channels = in_channels
+        self.window = in_channels * region_size**spatial_dims  # C * P
+        self.linear = nn.Linear(self.window, out, bias=False)
+
+    def forward(self, windows: Tensor) -> Tensor:
+        """Embed flattened windows.
+
+        Args:
+            windows: Shape: ``(..., C * P)``.
+
+        Returns:
+            The region embeddings. Shape: ``(..., D)``.
+        """
+        if windows.shape[-1] != self.window:
+            raise ValueError(
+                f"RegionProjectionHead expects windows of {self.window} values (C = {self.in_channels} channels "
+                f"x K^d pixels) on the last axis; got shape {tuple(windows.shape)}."
+            )
+        return self.linear(windows)  # (..., C·P) -> (..., D)
 
 
 class PixelProjectionHead(nn.Module):

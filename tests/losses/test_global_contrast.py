@@ -248,6 +248,7 @@ DDP_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_distributed_gather_matches_the_full_batch(tmp_path):
     """Two gloo processes of 12 images each give the single-process loss and gradient of all 24 images.
 

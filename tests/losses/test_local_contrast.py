@@ -1,4 +1,9 @@
-"""Local loss L^R / L^D: region layouts, closed forms, a slow reference, invariances, gradients, errors."""
+"""Local loss L^R / L^D: region layouts, closed forms, a slow reference, invariances, gradients, errors.
+
+The loss holds no parameters and no random state: the trainable window embedding is the caller's
+(:class:`~medcl.models.heads.RegionProjectionHead`, passed as ``embed``) and random regions come from the
+generator it is given.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import pytest
 import torch
 
 from medcl.losses.local_contrast import LocalContrastiveLoss, grid13_positions, nearest_regions
+from medcl.models.heads import RegionProjectionHead
 
 TAU = 0.1
 
@@ -106,21 +112,20 @@ VOLUMES = torch.tensor([0, 0, 1, 1])
 @pytest.mark.parametrize("regions", ["all", "grid13", 6])
 def test_matches_slow_reference(regions, negatives, strategy):
     f1, f2 = random_maps()
-    loss_fn = LocalContrastiveLoss(
-        TAU, 3, regions, negatives, strategy, embed_dim=8, in_channels=3, seed=0
-    ).double()
+    loss_fn = LocalContrastiveLoss(TAU, 3, regions, negatives, strategy)
+    embed = RegionProjectionHead(3, 3, out=8).double()
     if isinstance(regions, int):  # the same draw as the forward call below
         positions = [
             tuple(p) for p in loss_fn.region_positions((14, 14), torch.Generator().manual_seed(4)).tolist()
         ]
     else:
         positions = reference_positions(regions, (14, 14), 3)
-    loss = loss_fn(f1, f2, PARTITIONS, VOLUMES, generator=torch.Generator().manual_seed(4))
+    loss = loss_fn(f1, f2, PARTITIONS, VOLUMES, embed=embed, generator=torch.Generator().manual_seed(4))
     expected = slow_local_loss(
         f1,
         f2,
         positions,
-        loss_fn.proj.weight.detach(),
+        embed.linear.weight.detach(),
         strategy,
         negatives == "neighbours5",
         PARTITIONS,
@@ -131,20 +136,19 @@ def test_matches_slow_reference(regions, negatives, strategy):
 
 def test_matches_slow_reference_with_window_means():
     f1, f2 = random_maps(seed=1)
-    loss_fn = LocalContrastiveLoss(TAU, K_MEAN, "grid13", embed_dim=None)
+    loss_fn = LocalContrastiveLoss(TAU, K_MEAN, "grid13")
     expected = slow_local_loss(f1, f2, reference_positions("grid13", (14, 14), K_MEAN), None, "LR", False)
     assert loss_fn(f1, f2).item() == pytest.approx(expected, rel=1e-10)
 
 
 def test_matches_slow_reference_in_3d():
     f1, f2 = random_maps(b=2, c=2, size=(4, 5, 4), seed=2)
-    loss_fn = LocalContrastiveLoss(
-        TAU, 2, "all", "neighbours5", embed_dim=4, in_channels=2, spatial_dims=3
-    ).double()
+    loss_fn = LocalContrastiveLoss(TAU, 2, "all", "neighbours5", spatial_dims=3)
+    embed = RegionProjectionHead(2, 2, out=4, spatial_dims=3).double()
     positions = reference_positions("all", (4, 5, 4), 2)
     assert len(positions) == 2 * 2 * 2
-    expected = slow_local_loss(f1, f2, positions, loss_fn.proj.weight.detach(), "LR", True)
-    assert loss_fn(f1, f2).item() == pytest.approx(expected, rel=1e-10)
+    expected = slow_local_loss(f1, f2, positions, embed.linear.weight.detach(), "LR", True)
+    assert loss_fn(f1, f2, embed=embed).item() == pytest.approx(expected, rel=1e-10)
 
 
 def one_hot_regions(b: int, side: int) -> torch.Tensor:
@@ -158,7 +162,7 @@ def test_aligned_views_closed_form(negatives, count):
     # f1 == f2, R = 9 orthogonal 1x1 regions: each anchor's positive has s = 1 and its `count` negatives
     # (both views) s = 0, so L = log(1 + count · e^{−1/τ}) (mean over the 2B·R anchors).
     f = one_hot_regions(3, 3)
-    loss = LocalContrastiveLoss(TAU, 1, "all", negatives, embed_dim=None)(f, f.clone())
+    loss = LocalContrastiveLoss(TAU, 1, "all", negatives)(f, f.clone())
     assert loss.item() == pytest.approx(math.log(1 + count * math.exp(-1 / TAU)), rel=1e-12)
 
 
@@ -169,7 +173,7 @@ def test_grid13_closed_form_with_3x3_windows(negatives, count):
     f = torch.zeros(2, 13, 16, 16, dtype=torch.float64)
     for u, (y, x) in enumerate(reference_positions("grid13", (16, 16), 3)):
         f[:, u, y : y + 3, x : x + 3] = 1.0
-    loss = LocalContrastiveLoss(TAU, 3, "grid13", negatives, embed_dim=None)(f, f.clone())
+    loss = LocalContrastiveLoss(TAU, 3, "grid13", negatives)(f, f.clone())
     assert loss.item() == pytest.approx(math.log(1 + count * math.exp(-1 / TAU)), rel=1e-12)
 
 
@@ -178,26 +182,26 @@ def test_ld_closed_form():
     # same region in both views of the other volume's same-partition image as positives (3 in all, s = 1),
     # each with the 2·(R − 1) own-image negatives at s = 0: L = 3 log(1 + 16 e^{−1/τ}).
     f = one_hot_regions(4, 3)
-    loss = LocalContrastiveLoss(TAU, 1, "all", strategy="LD", embed_dim=None)(
-        f, f.clone(), PARTITIONS, VOLUMES
-    )
+    loss = LocalContrastiveLoss(TAU, 1, "all", strategy="LD")(f, f.clone(), PARTITIONS, VOLUMES)
     assert loss.item() == pytest.approx(3 * math.log(1 + 16 * math.exp(-1 / TAU)), rel=1e-12)
 
 
 def test_ld_with_no_cross_volume_partner_equals_lr():
     f1, f2 = random_maps(seed=3)
-    lr = LocalContrastiveLoss(TAU, 3, "grid13", in_channels=3, embed_dim=8).double()
-    ld = LocalContrastiveLoss(TAU, 3, "grid13", strategy="LD", in_channels=3, embed_dim=8).double()
-    ld.load_state_dict(lr.state_dict())
+    lr = LocalContrastiveLoss(TAU, 3, "grid13")
+    ld = LocalContrastiveLoss(TAU, 3, "grid13", strategy="LD")
+    embed = RegionProjectionHead(3, 3, out=8).double()
     partitions = torch.arange(4)  # every image alone in its partition
-    assert ld(f1, f2, partitions, VOLUMES).item() == pytest.approx(lr(f1, f2).item(), rel=1e-12)
+    assert ld(f1, f2, partitions, VOLUMES, embed=embed).item() == pytest.approx(
+        lr(f1, f2, embed=embed).item(), rel=1e-12
+    )
 
 
 @pytest.mark.parametrize(
     ("spatial", "k", "count"), [((14, 11), 3, 4 * 3), ((48, 48), 3, 256), ((9, 9, 7), 2, 4 * 4 * 3)]
 )
 def test_all_regions_count(spatial, k, count):
-    loss_fn = LocalContrastiveLoss(region_size=k, spatial_dims=len(spatial), embed_dim=None)
+    loss_fn = LocalContrastiveLoss(region_size=k, spatial_dims=len(spatial))
     positions = loss_fn.region_positions(spatial)
     assert positions.shape == (count, len(spatial))
     assert [tuple(p) for p in positions.tolist()] == reference_positions("all", spatial, k)
@@ -225,29 +229,35 @@ def test_grid13_neighbours_on_a_48_map():
 
 
 def test_random_regions_are_distinct_tiling_windows_and_reproducible():
-    a = LocalContrastiveLoss(regions=10, seed=7, embed_dim=None)
-    b = LocalContrastiveLoss(regions=10, seed=7, embed_dim=None)
-    first, again = a.region_positions((24, 24)), b.region_positions((24, 24))
-    assert torch.equal(first, again)
-    assert not torch.equal(first, a.region_positions((24, 24)))  # the next call draws anew
+    loss_fn = LocalContrastiveLoss(regions=10)
+    g = torch.Generator().manual_seed(7)
+    first = loss_fn.region_positions((24, 24), g)
+    assert torch.equal(first, loss_fn.region_positions((24, 24), torch.Generator().manual_seed(7)))
+    assert not torch.equal(first, loss_fn.region_positions((24, 24), g))  # the next draw of g is new
     assert len({tuple(p) for p in first.tolist()}) == 10
     assert ((first % 3) == 0).all() and (first <= 21).all()
-    g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
-    assert torch.equal(a.region_positions((24, 24), g1), b.region_positions((24, 24), g2))
+    # Without a generator: torch's global random state, which the engine seeds and checkpoints.
+    torch.manual_seed(1)
+    global_draw = loss_fn.region_positions((24, 24))
+    torch.manual_seed(1)
+    assert torch.equal(global_draw, loss_fn.region_positions((24, 24)))
+    # The same generator in forward: the same regions, the same loss.
+    f1, f2 = random_maps(size=(24, 24))
+    a = loss_fn(f1, f2, generator=torch.Generator().manual_seed(3))
+    b = loss_fn(f1, f2, generator=torch.Generator().manual_seed(3))
+    assert a.item() == b.item()
 
 
 @pytest.mark.parametrize("strategy", ["LR", "LD"])
 def test_batch_permutation_and_view_swap(strategy):
     f1, f2 = random_maps(seed=4)
-    loss_fn = LocalContrastiveLoss(
-        TAU, 3, "all", "neighbours5", strategy, embed_dim=8, in_channels=3
-    ).double()
-    reference = loss_fn(f1, f2, PARTITIONS, VOLUMES).item()
+    loss_fn = LocalContrastiveLoss(TAU, 3, "all", "neighbours5", strategy)
+    embed = RegionProjectionHead(3, 3, out=8).double()
+    reference = loss_fn(f1, f2, PARTITIONS, VOLUMES, embed=embed).item()
     order = torch.tensor([2, 0, 3, 1])
-    assert loss_fn(f1[order], f2[order], PARTITIONS[order], VOLUMES[order]).item() == pytest.approx(
-        reference, rel=1e-12
-    )
-    assert loss_fn(f2, f1, PARTITIONS, VOLUMES).item() == pytest.approx(reference, rel=1e-12)
+    permuted = loss_fn(f1[order], f2[order], PARTITIONS[order], VOLUMES[order], embed=embed)
+    assert permuted.item() == pytest.approx(reference, rel=1e-12)
+    assert loss_fn(f2, f1, PARTITIONS, VOLUMES, embed=embed).item() == pytest.approx(reference, rel=1e-12)
 
 
 @pytest.mark.parametrize("regions", ["all", "grid13"])
@@ -255,24 +265,33 @@ def test_gradients_finite_and_loss_falls(regions):
     torch.manual_seed(0)
     f1 = torch.nn.Parameter(torch.randn(2, 4, 16, 16))
     f2 = torch.nn.Parameter(torch.randn(2, 4, 16, 16))
-    loss_fn = LocalContrastiveLoss(TAU, 3, regions, in_channels=4, embed_dim=16)
-    optimizer = torch.optim.Adam([f1, f2, *loss_fn.parameters()], lr=0.05)
+    loss_fn = LocalContrastiveLoss(TAU, 3, regions)
+    embed = RegionProjectionHead(4, 3, out=16)
+    optimizer = torch.optim.Adam([f1, f2, *embed.parameters()], lr=0.05)
     losses = []
     for _ in range(20):
-        loss = loss_fn(f1, f2)
+        loss = loss_fn(f1, f2, embed=embed)
         optimizer.zero_grad()
         loss.backward()
-        for p in (f1, f2, loss_fn.proj.weight):
+        for p in (f1, f2, embed.linear.weight):
             assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
 
 
-def test_lazy_projection_is_built_at_the_first_call():
+def test_the_loss_holds_no_state_and_the_embedding_draws_like_the_linear_layer_it_replaces():
     loss_fn = LocalContrastiveLoss(region_size=3, regions="grid13")
-    loss_fn(torch.randn(2, 5, 16, 16), torch.randn(2, 5, 16, 16))
-    assert loss_fn.proj.weight.shape == (128, 5 * 9)
+    assert list(loss_fn.parameters()) == [] and list(loss_fn.buffers()) == []
+    # pretrain_local's numbers for a seed are unchanged: the head initialises exactly as the loss's old
+    # nn.Linear(C * K^2, D, bias=False) did, drawing the same numbers from the global random state.
+    torch.manual_seed(0)
+    head = RegionProjectionHead(5, 3, out=128)
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(5 * 9, 128, bias=False)
+    assert torch.equal(head.linear.weight, linear.weight)
+    f1, f2 = torch.randn(2, 5, 16, 16), torch.randn(2, 5, 16, 16)
+    assert loss_fn(f1, f2, embed=head).item() == loss_fn(f1, f2, embed=linear).item()
 
 
 class TestErrors:
@@ -289,7 +308,6 @@ class TestErrors:
             ({"strategy": "LX"}, "Unknown local strategy 'LX'; choose one of LR, LD"),
             ({"regions": "grid13", "spatial_dims": 3}, "2D maps only"),
             ({"spatial_dims": 4}, "spatial_dims must be 2 or 3"),
-            ({"embed_dim": 0}, "embed_dim must be positive"),
         ],
     )
     def test_constructor(self, kwargs, message):
@@ -305,8 +323,8 @@ class TestErrors:
             LocalContrastiveLoss(spatial_dims=3)(self.f, self.f)
 
     def test_channels(self):
-        with pytest.raises(ValueError, match="3 channels but in_channels=8"):
-            LocalContrastiveLoss(in_channels=8)(self.f, self.f)
+        with pytest.raises(ValueError, match="RegionProjectionHead expects windows of 72 values"):
+            LocalContrastiveLoss()(self.f, self.f, embed=RegionProjectionHead(8, 3))
 
     def test_ld_needs_ids(self):
         with pytest.raises(ValueError, match=r"LD needs integer partition_ids of shape \(4,\)"):

@@ -9,13 +9,13 @@ import pytest
 import torch
 from monai.losses import DiceLoss
 
-from medcl.config import build_config
 from medcl.data.dataset import load_dataset
 from medcl.data.sampling import preprocess_volumes
 from medcl.data.transforms import volume_transforms
-from medcl.engine.run import data_spec
+from medcl.engine.data_setup import data_spec
 from medcl.methods import build_method
 from medcl.methods.base import DataSpec, pseudo_label_dice
+from medcl.services.configs import build_config
 
 SMALL = [
     "data.patch_size=[64, 64]",
@@ -116,7 +116,7 @@ def test_real_steps_train_one_network_on_labeled_and_strong_views(acdc_volumes, 
     )
     torch.manual_seed(0)
     method = build_method(cfg, data_spec(cfg, info))
-    assert list(method.children()) == [method.net, method.sup_loss, method.masked_dice]  # no teacher copy
+    assert list(method.children()) == [method.net, method.sup_loss]  # no teacher copy
     samplers = {
         "labeled": method.build_sampler("labeled", lab, stream_index=0),
         "unlabeled": method.build_sampler("unlabeled", unl, stream_index=1),
@@ -134,7 +134,7 @@ def test_real_steps_train_one_network_on_labeled_and_strong_views(acdc_volumes, 
         assert all(math.isfinite(float(v.detach() if torch.is_tensor(v) else v)) for v in out.values())
         assert 0.0 <= float(out["confident_fraction"]) <= 1.0
         assert torch.equal(batch["unlabeled"]["image"], image)  # the strong view is a new tensor
-        loss = out["sup"] + cfg.method.get("unsup_weight", 1.0) * out["unsup"]
+        loss = out["sup"] + cfg.method.unsup_weight * out["unsup"]
         assert float(out["loss"].detach()) == pytest.approx(float(loss), rel=1e-5)
     assert any(not torch.equal(before[k], v) for k, v in method.net.state_dict().items())
     assert method.inference_network() is method.net

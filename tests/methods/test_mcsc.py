@@ -7,15 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from medcl.config import build_config, load_config
 from medcl.data.dataset import load_dataset
 from medcl.data.sampling import StepSampler, preprocess_volumes
 from medcl.data.transforms import sample_transforms, volume_transforms
+from medcl.engine.data_setup import data_spec
 from medcl.engine.optim import build_optimizer, build_scheduler
-from medcl.engine.run import data_spec
 from medcl.errors import ConfigError
 from medcl.methods import METHODS, build_method
 from medcl.methods.mcsc import MCSC, cps_weight
+from medcl.services.configs import build_config, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 # Small, fast networks: a narrow BasicUNet and a feature_size-12 SwinUNETR on 64x64 slices.
@@ -152,7 +152,7 @@ def test_hippocampus_random_sampler_and_warmup(hippocampus: Path) -> None:
     method = build_method(cfg, spec)
     (out,) = train_steps(method, batch, 1)
     assert all(torch.isfinite(out[k]) for k in TERMS | {"loss"})
-    assert out["cps_weight"] == pytest.approx(cfg.method["cps_weight"])
+    assert out["cps_weight"] == pytest.approx(cfg.method.cps_weight)
 
 
 def test_ramp_transformer_warmup_and_bad_settings() -> None:
@@ -189,7 +189,7 @@ def test_step_counts_given_as_fractions_scale_with_train_steps() -> None:
     cfg = build_config({"method": {"name": "mcsc"}}, [*PLAIN, *fractions, "train.steps=200"])
     method = build_method(cfg, spec)
     assert method.params.transformer.warmup_steps == 20 and method.params.cps_rampup_steps == 150
-    assert cfg.method["cps_rampup_steps"] == 0.75  # the stored config keeps the fraction
+    assert cfg.method.cps_rampup_steps == 0.75  # the stored config keeps the fraction
     opt = build_optimizer(method.param_groups(), cfg.optim)
     build_scheduler(opt, cfg.train.steps, cfg.optim)
     assert opt.param_groups[1]["lr"] == pytest.approx(cfg.optim.lr / 5 / 20)  # step 0 of a 20-step warm-up

@@ -10,15 +10,15 @@ import pytest
 import torch
 
 from medcl.cli import main
-from medcl.config import build_config
 from medcl.data.dataset import load_dataset
 from medcl.data.sampling import preprocess_volumes
 from medcl.data.transforms import volume_transforms
-from medcl.engine.run import data_spec
+from medcl.engine.data_setup import data_spec
 from medcl.errors import ConfigError
 from medcl.methods import build_method
 from medcl.methods.pretrain import embedding_stats
 from medcl.runtime.checkpoint import load_checkpoint
+from medcl.services.configs import build_config
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = ["model.features=[8, 8, 16, 32, 64, 8]", "method.volumes_per_batch=2"]
@@ -83,6 +83,26 @@ def test_local_stage_leaves_the_encoder_unchanged(hippocampus: Path) -> None:
         n.split(".")[2] for n, p in method.named_parameters() if p.requires_grad and n.startswith("net.net.")
     }
     assert trainable == {"upcat_4", "upcat_3", "upcat_2"}
+
+
+def test_local_stage_owns_the_window_embedding_the_loss_has_no_state() -> None:
+    from medcl.methods import DataSpec
+
+    spec = DataSpec(1, 3, ("bg", "a", "b"), 2, (64, 64))
+    method = build_method(build_config({"method": {"name": "pretrain_local"}}, SMALL), spec)
+    assert list(method.loss_fn.parameters()) == [] and list(method.loss_fn.buffers()) == []
+    weight = method.region_head.linear.weight  # (embed_dim, C * K^2), trained with the decoder
+    assert weight.shape == (128, method.local_head.channels * 9) and weight.requires_grad
+    assert any(p is weight for p in method.param_groups()[0]["params"])
+    # A checkpoint from before the move names the embedding loss_fn.proj.weight: it still loads.
+    state = dict(method.state_dict())
+    old = torch.randn_like(state.pop("region_head.linear.weight"))
+    method.load_state_dict({**state, "loss_fn.proj.weight": old})
+    assert torch.equal(method.region_head.linear.weight, old)
+    means = build_method(
+        build_config({"method": {"name": "pretrain_local"}}, [*SMALL, "method.embed_dim=null"]), spec
+    )
+    assert means.region_head is None  # windows are embedded by their mean
 
 
 def test_embedding_stats_detect_collapse() -> None:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from medcl.config import build_config
 from medcl.data.dataset import load_dataset
 from medcl.data.sampling import StepSampler, preprocess_volumes
 from medcl.data.transforms import sample_transforms, volume_transforms
-from medcl.engine.run import data_spec
+from medcl.engine.data_setup import data_spec
 from medcl.methods import METHODS, build_method
+from medcl.services.configs import build_config
 
 
 def test_registry_and_loss_falls_on_real_data(hippocampus) -> None:
