@@ -1,6 +1,6 @@
 # medcl: two commands do all set-up on a fresh machine.
 #   make demo   venv + install, then a real training run on the bundled Hippocampus sample (CPU, minutes)
-#   make test   venv + install, then the test suite
+#   make test   venv + install, then the whole test suite (what CI runs; `make test-fast` skips the slow tests)
 VENV    ?= .venv
 PYTHON  ?= python3
 PY      := $(VENV)/bin/python
@@ -9,7 +9,7 @@ DEMO_DATA := demo/Task04_Hippocampus_sample
 DEMO_OUT  := demo_runs
 DEMO_RUN  := demo-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: install demo test lint clean-demo
+.PHONY: install demo test test-fast lint clean-demo
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ demo: install
 
 test: install
 	$(VENV)/bin/pytest -q
+
+# The edit-test loop: everything but the tests marked slow (DDP, workflows, notebooks, browser, kill/resume).
+test-fast: install
+	$(VENV)/bin/pytest -q -m "not slow"
 
 lint: install
 	$(VENV)/bin/ruff check medcl tests benchmarks

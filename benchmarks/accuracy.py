@@ -148,8 +148,8 @@ def markdown(table: dict[str, dict[int, Cell]], labels: list[int], unit: str) ->
 
 def run_cell(job: dict[str, Any]) -> dict[str, Any]:
     """Train one cell (in a worker process) and return its figures; skipped after the deadline."""
-    from medcl.config import load_config
     from medcl.engine.run import train
+    from medcl.services.configs import load_config
 
     if job["deadline"] and time.time() > job["deadline"]:
         return {**job["key"], "skipped": True}
@@ -350,7 +350,7 @@ def main() -> None:
     deadline = time.time() + args.deadline if args.deadline else None
     threads = max(1, (os.cpu_count() or 1) // max(args.jobs, 1))
 
-    from medcl.config import load_config
+    from medcl.services.configs import load_config
 
     experiment = f"{args.dataset}-accuracy"
     client = parent = uri = None

@@ -34,12 +34,12 @@ from pathlib import Path
 
 import torch
 
-from medcl.config import load_config
 from medcl.data.dataset import load_dataset
 from medcl.data.sampling import preprocess_volumes
 from medcl.data.transforms import resolve_modality, volume_transforms
-from medcl.engine.run import data_spec
+from medcl.engine.data_setup import data_spec
 from medcl.methods import build_method
+from medcl.services.configs import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {

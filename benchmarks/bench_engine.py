@@ -38,15 +38,16 @@ from typing import Any
 import torch
 from monai.losses import DiceCELoss
 
-from medcl.config import Config, load_config
+from medcl.config import Config
 from medcl.data.dataset import load_dataset
 from medcl.data.sampling import TrainBatches, preprocess_volumes
 from medcl.data.transforms import resolve_modality, volume_transforms
+from medcl.engine.data_setup import data_spec
 from medcl.engine.optim import build_optimizer, build_scheduler
-from medcl.engine.run import data_spec
 from medcl.engine.trainer import Trainer, _to_device
 from medcl.methods import build_method
 from medcl.precision import resolve_precision, set_compute_dtype
+from medcl.services.configs import load_config
 from medcl.tracking.mlflow_tracking import MlflowTracker, resolve_store
 
 REPO = Path(__file__).resolve().parents[1]

@@ -28,10 +28,10 @@ import statistics
 import time
 from pathlib import Path
 
-from medcl.config import load_config
 from medcl.data.dataset import load_dataset
 from medcl.data.splits import Splits, make_splits
 from medcl.engine.run import train
+from medcl.services.configs import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"

@@ -121,13 +121,13 @@ def _status(key: str) -> float:
 
 def step_times(args: argparse.Namespace) -> dict:
     """Interleaved seconds/step of MCSC with and without the contrast on one real ACDC batch."""
-    from medcl.config import load_config
     from medcl.data.dataset import load_dataset
     from medcl.data.sampling import StepSampler, preprocess_volumes
     from medcl.data.transforms import sample_transforms, volume_transforms
+    from medcl.engine.data_setup import data_spec
     from medcl.engine.optim import build_optimizer
-    from medcl.engine.run import data_spec
     from medcl.methods import build_method
+    from medcl.services.configs import load_config
 
     overrides = [
         f"data.patch_size=[{args.patch}, {args.patch}]",
@@ -167,10 +167,10 @@ def step_times(args: argparse.Namespace) -> dict:
         extra = dict(item.split("=", 1) for item in spec_text.split(",") if item)
         name = "mcsc" + "".join(f" {k}={v}" for k, v in extra.items())
         parsed = {k: (v if k == "sampler" else int(v)) for k, v in extra.items()}
-        variants.append((name, {"contrast_weight": cfg.method["contrast_weight"] or 0.002, **parsed}))
+        variants.append((name, {"contrast_weight": cfg.method.contrast_weight or 0.002, **parsed}))
     for name, method_overrides in variants:
         c = cfg.model_copy(deep=True)
-        c.method = {**cfg.method, **method_overrides}
+        c.method = cfg.method.model_copy(update=method_overrides)
         torch.manual_seed(0)
         m = build_method(c, spec)
         m.train()

@@ -25,8 +25,8 @@ import statistics
 import time
 from pathlib import Path
 
-from medcl.config import load_config
 from medcl.engine.run import train
+from medcl.services.configs import load_config
 
 
 def main() -> None:

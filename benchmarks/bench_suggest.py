@@ -32,11 +32,11 @@ import statistics
 import time
 from pathlib import Path
 
-from medcl.config import load_config
 from medcl.data.dataset import load_dataset
 from medcl.data.splits import Splits, _group_cases, make_splits
 from medcl.engine.run import train
 from medcl.inference.predictor import Predictor
+from medcl.services.configs import load_config
 from medcl.suggest import PoolCase, suggest, updated_splits
 
 REPO = Path(__file__).resolve().parents[1]

@@ -47,11 +47,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # runs from a bare copy of the repository, without `pip install`
 
-from medcl.config import load_config  # noqa: E402
 from medcl.data.dataset import load_dataset  # noqa: E402
 from medcl.data.splits import make_splits  # noqa: E402
 from medcl.engine.run import train  # noqa: E402
 from medcl.precision import resolve_precision  # noqa: E402
+from medcl.services.configs import load_config  # noqa: E402
 
 ACDC_GROUP = r"patient\d+"
 

@@ -132,8 +132,8 @@ def trained_run(hippocampus: Path, tmp_path_factory: pytest.TempPathFactory, _mi
     import json
     import shutil
 
-    from medcl.config import build_config
     from medcl.engine.run import train
+    from medcl.services.configs import build_config
 
     out = tmp_path_factory.mktemp("trained")
     shutil.copy(_migrated_mlflow_db, out / "mlflow.db")
@@ -170,9 +170,9 @@ def tiny_checkpoint():
     """
     import torch
 
-    from medcl.config import build_config
     from medcl.methods import DataSpec, build_method
     from medcl.runtime.checkpoint import save_checkpoint
+    from medcl.services.configs import build_config
 
     spec = DataSpec(1, 3, ("background", "Anterior", "Posterior"), 2, (64, 64))
 
@@ -207,8 +207,8 @@ def tiny_logged_model(hippocampus: Path, tmp_path_factory: pytest.TempPathFactor
     import json
     import shutil
 
-    from medcl.config import build_config
     from medcl.engine.run import train
+    from medcl.services.configs import build_config
 
     out = tmp_path_factory.mktemp("tiny")
     shutil.copy(_migrated_mlflow_db, out / "mlflow.db")

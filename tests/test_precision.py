@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from medcl import precision as P
-from medcl.config import build_config
 from medcl.errors import ConfigError
 from medcl.methods import build_method
 from medcl.methods.base import DataSpec
 from medcl.models.networks import NetOutput, build_network
+from medcl.services.configs import build_config
 
 
 def small_net():

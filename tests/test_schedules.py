@@ -15,7 +15,6 @@ import pytest
 from pydantic import BaseModel, Field, ValidationError
 
 from medcl.commands.common import add_training_flags, config_from_args
-from medcl.config import build_config
 from medcl.errors import ConfigError
 from medcl.methods import METHODS
 from medcl.schedules import (
@@ -28,6 +27,7 @@ from medcl.schedules import (
     resolve_steps,
     scheduled_temperature,
 )
+from medcl.services.configs import build_config
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*/*.yaml"))
 

@@ -71,7 +71,7 @@ def _show(args: argparse.Namespace) -> int:
         return 0
     import yaml
 
-    from medcl.config import read_config_chain
+    from medcl.config_files import read_config_chain
 
     merged, chain = read_config_chain(path)
     if len(chain) == 1:

@@ -6,6 +6,11 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
+# The device check on CPU settings: `make test` runs it, `make test-fast` does not.
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[2]
 
 

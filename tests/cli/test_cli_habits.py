@@ -14,7 +14,8 @@ import yaml
 
 from medcl.cli import build_parser, main
 from medcl.commands import flags
-from medcl.config import load_config, read_yaml
+from medcl.config_files import read_yaml
+from medcl.services.configs import load_config
 from medcl.shipped import shipped_dir, shipped_names
 
 REPO = Path(__file__).resolve().parents[2]
@@ -136,7 +137,7 @@ def test_torch_free_choice_lists_match_their_implementations() -> None:
     from medcl.commands.export import FORMATS
     from medcl.inference import export
     from medcl.suggest import STRATEGIES
-    from medcl.suggest_strategies import STRATEGIES as HELP_STRATEGIES
+    from medcl.suggest.strategies import STRATEGIES as HELP_STRATEGIES
 
     assert FORMATS == tuple(export.FORMATS)
     assert HELP_STRATEGIES == STRATEGIES
@@ -148,7 +149,7 @@ def test_torch_free_choice_lists_match_their_implementations() -> None:
 @pytest.mark.parametrize("command", ["pretrain", "evaluate", "run", "ui", "config"])
 def test_every_flag_of_the_command_is_in_docs_cli(command: str) -> None:
     """docs/cli.md (workflows.md for run) names every flag the command's --help shows (the help is the source, the page follows)."""
-    doc = (REPO / "docs" / "cli.md").read_text() + (REPO / "docs" / "workflows.md").read_text()  # run: there
+    doc = (REPO / "docs" / "cli.md").read_text(encoding="utf-8") + (REPO / "docs" / "workflows.md").read_text(encoding="utf-8")  # run: there
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     parsers = [sub.choices[command]]
     missing = []

@@ -159,6 +159,7 @@ def test_train_command_prints_summary(hippocampus, small_splits, output_dir, cap
     assert f"sqlite:///{output_dir / 'mlflow.db'}" in out
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_gloo(hippocampus, small_splits, output_dir) -> None:
     """torchrun with 2 CPU processes: both train, only rank 0 logs one MLflow run."""
     cmd = [
@@ -211,6 +212,7 @@ def test_unknown_init_fails_without_creating_a_store(hippocampus, tmp_path, caps
     assert not output.exists()
 
 
+@pytest.mark.slow
 def test_four_trainings_at_once_into_one_fresh_store(mini, tmp_path) -> None:
     """Started together on a new --output: all finish, four runs in four folders, the store intact."""
     import sqlite3

@@ -11,9 +11,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from medcl.runtime.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.slow  # kills real training processes: `make test` runs it, `make test-fast` does not
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "hippocampus" / "supervised.yaml"

@@ -15,12 +15,17 @@ import pytest
 import torch
 
 from medcl.cli import main
-from medcl.config import load_config
 from medcl.data.dataset import load_dataset
-from medcl.engine.run import data_spec, init_weights
+from medcl.engine.data_setup import data_spec
+from medcl.engine.resume import init_weights
 from medcl.methods import build_method
 from medcl.runtime.checkpoint import load_checkpoint
+from medcl.services.configs import load_config
 from medcl.tracking.mlflow_tracking import resolve_checkpoint
+
+pytestmark = (
+    pytest.mark.slow
+)  # pretraining then fine-tuning on real data: `make test` runs it, `make test-fast` does not
 
 REPO = Path(__file__).resolve().parents[2]
 HEADING = "## Pretrain on your own unlabeled CT/MRI, then fine-tune on 5 labeled cases"

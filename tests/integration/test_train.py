@@ -9,10 +9,14 @@ import nibabel as nib
 import pytest
 import torch
 
-from medcl.config import build_config
 from medcl.engine.run import train
 from medcl.engine.trainer import Trainer
 from medcl.runtime.checkpoint import load_checkpoint
+from medcl.services.configs import build_config
+
+pytestmark = (
+    pytest.mark.slow
+)  # end-to-end trainings on real data: `make test` runs it, `make test-fast` does not
 
 FAST = [
     "model.features=[8, 8, 16, 32, 64, 8]",

@@ -9,6 +9,8 @@ import mlflow
 import nbformat
 import pytest
 
+pytestmark = pytest.mark.slow  # executes the notebooks: `make test` runs it, `make test-fast` does not
+
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = ROOT / "notebooks"
 
