@@ -15,24 +15,12 @@ from medcl.data.validate import check_dataset
 BAD = "hippocampus_004"  # the case the test breaks (one of the `mini` fixture's)
 
 
-def label_path(root: Path, case_id: str = BAD) -> Path:
-    return root / "labelsTr" / f"{case_id}.nii.gz"
-
-
-def load(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    image = nib.load(str(path))
-    return np.asarray(image.dataobj), image.affine.copy()
-
-
-def save(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
-    nib.save(nib.Nifti1Image(array, affine), str(path))
-
-
 def test_format_report_and_json(mini: Path):
-    path = label_path(mini)
-    array, affine = load(path)
-    array[0, 0, 0] = 7
-    save(path, array, affine)
+    path = mini / "labelsTr" / f"{BAD}.nii.gz"
+    label = nib.load(str(path))
+    array = np.asarray(label.dataobj).copy()
+    array[0, 0, 0] = 7  # a value dataset.json does not list
+    nib.save(nib.Nifti1Image(array, label.affine), str(path))
     info = load_dataset(mini)
     reports = check_dataset(info, progress=False)
     text = format_report(reports, info)

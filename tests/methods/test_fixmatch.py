@@ -9,9 +9,6 @@ import pytest
 import torch
 from monai.losses import DiceLoss
 
-from medcl.data.dataset import load_dataset
-from medcl.data.sampling import preprocess_volumes
-from medcl.data.transforms import volume_transforms
 from medcl.engine.data_setup import data_spec
 from medcl.methods import build_method
 from medcl.methods.base import DataSpec, pseudo_label_dice
@@ -93,22 +90,7 @@ def test_loss_is_invariant_to_a_permutation_of_pixels() -> None:
     assert a.item() == pytest.approx(b.item(), rel=1e-5)
 
 
-@pytest.fixture(scope="module")
-def acdc_volumes(shared_data: Path):
-    info = load_dataset(shared_data / "ACDC")
-    cfg = build_config({"method": {"name": "fixmatch"}}, SMALL)
-    lab = preprocess_volumes(
-        info.cases[:2], volume_transforms(cfg.data, "mri", with_label=True), with_label=True, progress=False
-    )
-    unl = preprocess_volumes(
-        info.cases[2:4],
-        volume_transforms(cfg.data, "mri", with_label=False),
-        with_label=False,
-        progress=False,
-    )
-    return info, lab, unl
-
-
+# acdc_volumes: tests/methods/conftest.py
 def test_real_steps_train_one_network_on_labeled_and_strong_views(acdc_volumes, tmp_path) -> None:
     info, lab, unl = acdc_volumes
     cfg = build_config(

@@ -18,7 +18,7 @@ from medcl.config_files import read_yaml
 from medcl.services.configs import load_config
 from medcl.shipped import shipped_dir, shipped_names
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_runs_flag_everywhere_and_old_output_still_works_with_one_note(monkeypatch, capsys) -> None:
