@@ -16,7 +16,7 @@ from medcl.config import Config, format_validation_error
 from medcl.errors import ConfigError
 from medcl.methods.actionpp import ActionPP
 from medcl.methods.actionpp_pretrain import PretrainActionPP
-from medcl.methods.base import DataSpec, Method, MethodParams
+from medcl.methods.base import DataSpec, Method, MethodParams, RunFacts
 from medcl.methods.fixmatch import FixMatch
 from medcl.methods.mcsc import MCSC
 from medcl.methods.pretrain import PretrainGlobal, PretrainLocal
@@ -39,8 +39,8 @@ __all__ = [
 
 
 def build_method(cfg: Config, spec: DataSpec) -> Method:
-    """Instantiate the method named by ``cfg.method.name``."""
-    return METHODS[cfg.method_name](cfg, spec)
+    """Instantiate the method named by ``cfg.method.name``: its typed Params and the run facts it needs."""
+    return METHODS[cfg.method_name](cfg.method, RunFacts.of(cfg), spec)
 
 
 def method_params(section: Any, where: str = "") -> MethodParams:

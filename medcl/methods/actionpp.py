@@ -30,7 +30,6 @@ published numbers are the student's; ``inference: teacher`` validates and export
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -38,12 +37,12 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
-from medcl.config import Config
+from medcl.config import MethodParams
 from medcl.data.mixing import MixMode, step_generator
 from medcl.errors import ConfigError
 from medcl.losses.anatomical import anatomical_contrast_loss, flatten_valid, sample_pixels
 from medcl.losses.saacl import AdaptiveCenters, saacl_loss
-from medcl.methods.base import DataSpec, check_schedule_targets
+from medcl.methods.base import DataSpec, RunFacts, check_schedule_targets
 from medcl.methods.supervised_loss import SupervisedLoss, SupervisedLossParams
 from medcl.methods.teacher import (
     FeatureQueue,
@@ -157,14 +156,14 @@ class ActionPP(StudentTeacher):
     streams: ClassVar[dict[str, bool]] = {"labeled": True, "unlabeled": False}
     params: ActionPPParams
 
-    def __init__(self, cfg: Config, spec: DataSpec) -> None:
-        super().__init__(cfg, spec)
+    def __init__(self, params: MethodParams, run: RunFacts, spec: DataSpec) -> None:
+        super().__init__(params, run, spec)
         p = self.params
         if p.rep_scale > 1 and any(s % p.rep_scale for s in spec.patch_size):
             raise ConfigError(
                 f"method.rep_scale ({p.rep_scale}) must divide every data.patch_size value {list(spec.patch_size)}"
             )
-        self.total_steps = cfg.train.steps
+        self.total_steps = run.steps
         self.use_anco = p.anco.weight > 0
         self.use_saacl = p.saacl.weight > 0
         self.net = self.build_net()
@@ -184,8 +183,8 @@ class ActionPP(StudentTeacher):
                 p.rep_dim,
                 p.saacl.centers,
                 steps=p.saacl.center_steps,
-                seed=cfg.train.seed,
-                cache_dir=Path(cfg.output) / "cache" / "centers",
+                seed=run.seed,
+                cache_dir=run.cache_dir / "centers",
             )
             self.centers = AdaptiveCenters(centers, p.saacl.class_momentum)
             if p.saacl.denominator == "queue":
@@ -287,7 +286,7 @@ class ActionPP(StudentTeacher):
         x_l, y_l = labeled["image"], labeled["label"][:, 0]  # (Bl, C, *S), (Bl, *S)
         n_lab = x_l.shape[0]
         x_u = batch["unlabeled"]["image"] if "unlabeled" in batch else None  # (Bu, C, *S)
-        gen = step_generator(self.cfg.train.seed, step, x_l.device)
+        gen = step_generator(self.run.seed, step, x_l.device)
         taus = self.temperatures(step)
         need_rep = self.rep_head is not None
 

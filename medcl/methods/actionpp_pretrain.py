@@ -33,11 +33,11 @@ import torch
 from pydantic import Field, field_validator, model_validator
 from torch import Tensor, nn
 
-from medcl.config import Config
+from medcl.config import MethodParams
 from medcl.data.mixing import colour_jitter, gaussian_blur, step_generator
 from medcl.errors import ConfigError
 from medcl.losses.relational import relational_kl
-from medcl.methods.base import DataSpec, check_schedule_targets
+from medcl.methods.base import DataSpec, RunFacts, check_schedule_targets
 from medcl.methods.pretrain import ENCODER_MODULES
 from medcl.methods.supervised_loss import SupervisedLoss, SupervisedLossParams
 from medcl.methods.teacher import FeatureQueue, StudentTeacher, TeacherParams, frozen_copy
@@ -128,8 +128,8 @@ class PretrainActionPP(StudentTeacher):
     streams: ClassVar[dict[str, bool]] = {"labeled": True, "unlabeled": False}
     params: PretrainActionPPParams
 
-    def __init__(self, cfg: Config, spec: DataSpec) -> None:
-        super().__init__(cfg, spec)
+    def __init__(self, params: MethodParams, run: RunFacts, spec: DataSpec) -> None:
+        super().__init__(params, run, spec)
         p = self.params
         self.net = self.build_net()
         if self.net.name not in ENCODER_MODULES:
@@ -142,7 +142,7 @@ class PretrainActionPP(StudentTeacher):
                 f"method.window ({p.window}) is larger than data.patch_size {list(spec.patch_size)}; "
                 "use a smaller window (e.g. patch / 4) or a larger patch"
             )
-        self.total_steps = cfg.train.steps
+        self.total_steps = run.steps
         self.stage1_steps = int(p.stage1_steps)  # absolute: resolved against train.steps by Method
         dims, k = spec.spatial_dims, spec.num_classes
         channels = self.net.feature_channels()["embedding"]
@@ -195,7 +195,7 @@ class PretrainActionPP(StudentTeacher):
         images = [labeled["image"]] + ([batch["unlabeled"]["image"]] if "unlabeled" in batch else [])
         x = torch.cat(images)  # (B, C, *S): labeled first
         n_lab = labeled["image"].shape[0]
-        gen = step_generator(self.cfg.train.seed, step, x.device)
+        gen = step_generator(self.run.seed, step, x.device)
         # The teacher's view is a new tensor: the student keeps the un-jittered batch.
         x_teacher = gaussian_blur(
             colour_jitter(x, prob=p.jitter_prob, generator=gen), prob=p.blur_prob, generator=gen

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from abc import ABCMeta, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
-from medcl.config import Config, MethodParams
+from medcl.config import Config, DataConfig, MethodParams, ModelConfig, OptimConfig
 from medcl.data.sampling import StepSampler
 from medcl.data.transforms import batch_transforms, sample_transforms
 from medcl.models.networks import SegNet, build_network
@@ -68,6 +69,38 @@ class DataSpec:
     modality: str = "mri"
 
 
+@dataclass(frozen=True)
+class RunFacts:
+    """What a method knows of its run besides its own ``Params``: it never sees the whole config.
+
+    Built from the config by :func:`medcl.methods.build_method` (:meth:`of`).
+    """
+
+    #: ``train.steps``: step counts given as fractions of the run resolve against it.
+    steps: int
+    #: ``train.seed``: per-step random draws (``step_generator(seed, step)``) repeat on resume.
+    seed: int
+    #: ``model``: the network :meth:`Method.build_net` builds.
+    model: ModelConfig
+    #: ``data``: batch sizes, patch size, augmentation and slice axis of the samplers.
+    data: DataConfig
+    #: ``optim``: the base learning rate of per-network parameter groups, the warm-up the schedule reports.
+    optim: OptimConfig
+    #: ``<output>/cache``: artefacts computed once per setting (ACTION++ class centres).
+    cache_dir: Path
+
+    @classmethod
+    def of(cls, cfg: Config) -> RunFacts:
+        return cls(
+            steps=cfg.train.steps,
+            seed=cfg.train.seed,
+            model=cfg.model,
+            data=cfg.data,
+            optim=cfg.optim,
+            cache_dir=Path(cfg.output) / "cache",
+        )
+
+
 class Method(nn.Module, metaclass=ABCMeta):
     """Base class of every training method.
 
@@ -93,36 +126,38 @@ class Method(nn.Module, metaclass=ABCMeta):
     #: float, keeps the step free of host syncs.
     metrics: ClassVar[frozenset[str]] = frozenset()
 
-    def __init__(self, cfg: Config, spec: DataSpec) -> None:
+    def __init__(self, params: MethodParams, run: RunFacts, spec: DataSpec) -> None:
         super().__init__()
-        self.cfg = cfg
+        if not isinstance(params, self.Params):
+            raise TypeError(
+                f"{type(self).__name__} needs method params of type {self.Params.__name__}, "
+                f"got {type(params).__name__} (build methods with medcl.methods.build_method)"
+            )
+        self.run = run
         self.spec = spec
         # Step counts given as fractions of train.steps become steps here, once: ``self.params`` holds
         # absolute step counts only, and ``schedule_steps`` records each one (the trainer logs them).
-        self.params, self.schedule_steps = self.resolve_schedule(cfg)
+        self.params, self.schedule_steps = self._resolve(params, run.steps, run.optim)
 
     @classmethod
     def resolve_schedule(cls, cfg: Config) -> tuple[Any, dict[str, ResolvedSteps]]:
-        """The method's parsed ``Params`` with every step count in steps, and the run's step counts.
+        """The method's ``Params`` of ``cfg`` with every step count in steps, and the run's step counts.
 
         Fractions of ``train.steps`` are resolved against ``cfg.train.steps``
         (:func:`medcl.schedules.resolve_step_fields`); the second value maps each dotted key of a step count,
         ``optim.warmup_steps`` included, to what the config gave and the steps it means.
         """
-        params = (
-            cfg.method
-        )  # typed by cls.Params when the config was validated (medcl.methods.validate_config)
-        if not isinstance(params, cls.Params):
-            raise TypeError(
-                f"{cls.__name__} needs method params of type {cls.Params.__name__}, got {type(params).__name__}"
-            )
-        params, method_steps = resolve_step_fields(params, cfg.train.steps, "method")
-        _, optim_steps = resolve_step_fields(cfg.optim, cfg.train.steps, "optim")
+        return cls._resolve(cfg.method, cfg.train.steps, cfg.optim)
+
+    @staticmethod
+    def _resolve(params: Any, steps: int, optim: OptimConfig) -> tuple[Any, dict[str, ResolvedSteps]]:
+        params, method_steps = resolve_step_fields(params, steps, "method")
+        _, optim_steps = resolve_step_fields(optim, steps, "optim")
         return params, {**optim_steps, **method_steps}
 
     def build_net(self, model_cfg: Any | None = None) -> SegNet:
-        """A segmentation network from ``model_cfg`` (default: the config's ``model`` section)."""
-        model_cfg = model_cfg or self.cfg.model
+        """A segmentation network from ``model_cfg`` (default: the run's ``model`` section)."""
+        model_cfg = model_cfg or self.run.model
         return build_network(
             spatial_dims=self.spec.spatial_dims,
             in_channels=self.spec.in_channels,
@@ -160,7 +195,7 @@ class Method(nn.Module, metaclass=ABCMeta):
         The default draws ``data.batch_size`` (labeled) or ``data.unlabeled_batch_size`` (other streams)
         augmented slices/patches per step; methods with special batches (partitions, paired views) override it.
         """
-        data = self.cfg.data
+        data = self.run.data
         labeled = self.streams[stream]
         pos = data.pos_fraction if data.spatial_dims == 3 and labeled else None
         # Volumes of the unlabeled stream may carry withheld labels (train.pseudo_dice): augmented alike.

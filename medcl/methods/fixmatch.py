@@ -35,9 +35,9 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from medcl.config import Config
+from medcl.config import MethodParams
 from medcl.data.mixing import MixMode, step_generator
-from medcl.methods.base import DataSpec, Method
+from medcl.methods.base import DataSpec, Method, RunFacts
 from medcl.methods.supervised_loss import SupervisedLoss, SupervisedLossParams
 from medcl.methods.teacher import confident, weak_to_strong
 from medcl.models.segnet import SegNet
@@ -70,8 +70,8 @@ class FixMatch(Method):
     streams: ClassVar[dict[str, bool]] = {"labeled": True, "unlabeled": False}
     metrics: ClassVar[frozenset[str]] = frozenset({"confident_fraction", "pseudo_dice"})
 
-    def __init__(self, cfg: Config, spec: DataSpec) -> None:
-        super().__init__(cfg, spec)
+    def __init__(self, params: MethodParams, run: RunFacts, spec: DataSpec) -> None:
+        super().__init__(params, run, spec)
         self.net = self.build_net()
         self.sup_loss = SupervisedLoss.from_params(self.params)
 
@@ -102,7 +102,7 @@ class FixMatch(Method):
             num_classes=self.spec.num_classes,
             jitter_prob=p.jitter_prob,
             blur_prob=p.blur_prob,
-            generator=step_generator(self.cfg.train.seed, step, x_u.device),
+            generator=step_generator(self.run.seed, step, x_u.device),
             withheld=batch["unlabeled"].get("label"),  # train.pseudo_dice only; never a loss
         )
         logits = self.net(torch.cat([x_l, strong.image]))  # (Bl + Bu, K, *S)

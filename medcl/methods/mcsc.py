@@ -45,7 +45,7 @@ from monai.losses import DiceLoss
 from pydantic import Field, field_validator
 from torch import Tensor, nn
 
-from medcl.config import Config, ModelConfig
+from medcl.config import ModelConfig
 from medcl.errors import ConfigError
 from medcl.losses.mcsc_contrast import (
     block_groups,
@@ -54,7 +54,7 @@ from medcl.losses.mcsc_contrast import (
     grouped_supcon_loss,
     random_groups,
 )
-from medcl.methods.base import DataSpec, Method, MethodParams, pseudo_label_dice
+from medcl.methods.base import DataSpec, Method, MethodParams, RunFacts, pseudo_label_dice
 from medcl.models.heads import PixelProjectionHead
 from medcl.models.networks import SegNet, build_network
 from medcl.schedules import StepCount
@@ -228,8 +228,8 @@ class MCSC(Method):
     Params = MCSCParams
     streams: ClassVar[dict[str, bool]] = {"labeled": True, "unlabeled": False}
 
-    def __init__(self, cfg: Config, spec: DataSpec) -> None:
-        super().__init__(cfg, spec)
+    def __init__(self, params: MethodParams, run: RunFacts, spec: DataSpec) -> None:
+        super().__init__(params, run, spec)
         p = self.params
         self.cnn = self._build(p.cnn, "cnn")
         self.transformer = self._build(p.transformer, "transformer")
@@ -397,7 +397,7 @@ class MCSC(Method):
         """
         if self._missing_weights:
             raise ConfigError("pretrained weights not found: " + "; ".join(self._missing_weights))
-        p, base = self.params, self.cfg.optim.lr
+        p, base = self.params, self.run.optim.lr
         groups: list[dict[str, Any]] = []
         for params, net, default in ((p.cnn, self.cnn, base), (p.transformer, self.transformer, base / 5)):
             group: dict[str, Any] = {"params": list(net.parameters()), "lr": params.lr or default}

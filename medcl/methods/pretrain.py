@@ -20,12 +20,11 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from medcl.config import Config
 from medcl.data.pretrain_sampling import PartitionSampler
 from medcl.errors import ConfigError
 from medcl.losses.global_contrast import GlobalContrastiveLoss
 from medcl.losses.local_contrast import LocalContrastiveLoss
-from medcl.methods.base import DataSpec, Method, MethodParams
+from medcl.methods.base import DataSpec, Method, MethodParams, RunFacts
 from medcl.models.heads import GlobalProjectionHead, LocalProjectionHead, RegionProjectionHead
 
 # Encoder submodules of the wrapped MONAI networks, and decoder blocks coarsest first.
@@ -111,8 +110,8 @@ class _Pretrain(Method):
     views: ClassVar[int]
     include_original: ClassVar[bool]
 
-    def __init__(self, cfg: Config, spec: DataSpec) -> None:
-        super().__init__(cfg, spec)
+    def __init__(self, params: MethodParams, run: RunFacts, spec: DataSpec) -> None:
+        super().__init__(params, run, spec)
         if spec.spatial_dims != 2:
             raise ConfigError(
                 f"{self.name} trains on 2D slices: set data.spatial_dims: 2 (got {spec.spatial_dims})"
@@ -129,13 +128,13 @@ class _Pretrain(Method):
     ) -> PartitionSampler:
         return PartitionSampler(
             volumes,
-            patch_size=self.cfg.data.patch_size,
+            patch_size=self.run.data.patch_size,
             volumes_per_batch=self.params.volumes_per_batch,
             partitions=self.params.partitions,
             views=self.views,
             include_original=self.include_original,
             mode=self.mode,
-            slice_axis=self.cfg.data.slice_axis,
+            slice_axis=self.run.data.slice_axis,
             stream=stream_index,
         )
 
@@ -152,8 +151,8 @@ class PretrainGlobal(_Pretrain):
     views = 3
     include_original = True
 
-    def __init__(self, cfg: Config, spec: DataSpec) -> None:
-        super().__init__(cfg, spec)
+    def __init__(self, params: MethodParams, run: RunFacts, spec: DataSpec) -> None:
+        super().__init__(params, run, spec)
         train_only(self.net, ENCODER_MODULES[self.net.name])  # the decoder is not part of stage 1
         channels = self.net.feature_channels()["embedding"]
         self.global_head = GlobalProjectionHead(
@@ -178,8 +177,8 @@ class PretrainLocal(_Pretrain):
     views = 2
     include_original = False
 
-    def __init__(self, cfg: Config, spec: DataSpec) -> None:
-        super().__init__(cfg, spec)
+    def __init__(self, params: MethodParams, run: RunFacts, spec: DataSpec) -> None:
+        super().__init__(params, run, spec)
         blocks = DECODER_MODULES[self.net.name][: self.params.decoder_blocks]
         train_only(self.net, blocks)  # frozen encoder; only the first l decoder blocks (and g2) learn
         scales = list(self.net.feature_channels().items())

@@ -6,8 +6,8 @@ from typing import Any
 
 import torch
 
-from medcl.config import Config
-from medcl.methods.base import DataSpec, Method
+from medcl.config import MethodParams
+from medcl.methods.base import DataSpec, Method, RunFacts
 from medcl.methods.supervised_loss import SupervisedLoss, SupervisedLossParams
 from medcl.models.segnet import SegNet
 
@@ -31,8 +31,8 @@ class Supervised(Method):
     name = "supervised"
     Params = SupervisedParams
 
-    def __init__(self, cfg: Config, spec: DataSpec) -> None:
-        super().__init__(cfg, spec)
+    def __init__(self, params: MethodParams, run: RunFacts, spec: DataSpec) -> None:
+        super().__init__(params, run, spec)
         self.net = self.build_net()
         self.loss_fn = SupervisedLoss.from_params(self.params)
 

@@ -47,9 +47,9 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from medcl.config import Config, MethodParams
+from medcl.config import MethodParams
 from medcl.data.mixing import MixMode, strong_view
-from medcl.methods.base import DataSpec, Method, pseudo_label_dice
+from medcl.methods.base import DataSpec, Method, RunFacts, pseudo_label_dice
 
 __all__ = [
     "FeatureQueue",
@@ -301,8 +301,8 @@ class StudentTeacher(Method):
 
     params: TeacherParams
 
-    def __init__(self, cfg: Config, spec: DataSpec) -> None:
-        super().__init__(cfg, spec)
+    def __init__(self, params: MethodParams, run: RunFacts, spec: DataSpec) -> None:
+        super().__init__(params, run, spec)
         self.pending_pushes: list[QueuePush] = []
 
     @abstractmethod

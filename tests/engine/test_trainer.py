@@ -9,7 +9,7 @@ from torch import nn
 from medcl.data.sampling import TrainBatches
 from medcl.engine.trainer import Trainer
 from medcl.errors import MedclError
-from medcl.methods.base import DataSpec, Method
+from medcl.methods.base import DataSpec, Method, RunFacts
 from medcl.methods.supervised import SupervisedParams
 from medcl.services.configs import build_config
 
@@ -28,7 +28,7 @@ class _NanAt(Method):
     Params = SupervisedParams
 
     def __init__(self, cfg, spec, bad: int):
-        super().__init__(cfg, spec)
+        super().__init__(cfg.method, RunFacts.of(cfg), spec)
         self.w = nn.Parameter(torch.zeros(1))
         self.bad, self.seen = bad, []
 

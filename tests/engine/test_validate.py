@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from medcl.engine.trainer import Trainer
-from medcl.methods.base import DataSpec, Method
+from medcl.methods.base import DataSpec, Method, RunFacts
 from medcl.methods.supervised import SupervisedParams
 from medcl.services.configs import build_config
 
@@ -32,7 +32,7 @@ class _TwoNets(Method):
     Params = SupervisedParams  # the config below names the supervised method
 
     def __init__(self, cfg, spec):
-        super().__init__(cfg, spec)
+        super().__init__(cfg.method, RunFacts.of(cfg), spec)
         self.good, self.bad = _Oracle(), _Background()
         self.w = nn.Parameter(torch.zeros(1))
         self.selected = None

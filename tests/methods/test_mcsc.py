@@ -73,7 +73,7 @@ def batches(root: Path, cfg, n_cases: int = 2, size: int = 2) -> tuple[dict, obj
 
 
 def train_steps(method: MCSC, batch: dict, steps: int, start: int = 0) -> list[dict]:
-    opt = build_optimizer(method.param_groups(), method.cfg.optim)
+    opt = build_optimizer(method.param_groups(), method.run.optim)
     outs = []
     for step in range(start, start + steps):
         out = method(batch, step)

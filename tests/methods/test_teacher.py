@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from medcl.methods.actionpp import ActionPPParams
-from medcl.methods.base import DataSpec
+from medcl.methods.base import DataSpec, RunFacts
 from medcl.methods.teacher import (
     FeatureQueue,
     StudentTeacher,
@@ -146,8 +146,8 @@ class _Tiny(StudentTeacher):
     name = "tiny"
     Params = ActionPPParams  # any TeacherParams: the config below names actionpp
 
-    def __init__(self, cfg, spec) -> None:
-        super().__init__(cfg, spec)
+    def __init__(self, params, run, spec) -> None:
+        super().__init__(params, run, spec)
         self.net = nn.Linear(2, 2)
         self.teacher = frozen_copy(self.net)
         self.head = nn.Linear(2, 1)
@@ -171,7 +171,7 @@ def _tiny(momentum: float = 0.5) -> _Tiny:
     cfg = build_config({"method": {"name": "actionpp"}}, [f"method.ema_momentum={momentum}"])
     spec = DataSpec(in_channels=1, num_classes=2, class_names=("bg", "fg"), spatial_dims=2, patch_size=(4, 4))
     torch.manual_seed(0)
-    return _Tiny(cfg, spec)
+    return _Tiny(cfg.method, RunFacts.of(cfg), spec)
 
 
 def test_student_teacher_optimises_students_only_and_pushes_after_the_step() -> None:
