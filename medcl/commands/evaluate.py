@@ -76,6 +76,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--tracking-uri", metavar="URI", help="MLflow tracking URI (default: sqlite under --runs)"
     )
     add_compute_flags(model, batch_size=False)
+    model.add_argument(
+        "--uncertainty",
+        action="store_true",
+        help="also score the model's uncertainty map against its errors: the voxel AUROC of wrong vs right "
+        "voxels near the structures, and across cases the Spearman correlation of mean uncertainty with "
+        "1 - Dice (what `medcl suggest --strategy entropy` ranks by)",
+    )
     p.add_argument(
         "--spacing",
         choices=["mm", "voxel"],
@@ -138,7 +145,7 @@ def _run_folders(args: argparse.Namespace) -> int:
     _require(args, ("pred", "gt"), "folder mode")
     given = [
         f"--{flag.replace('_', '-')}" for flag in _MODEL_FLAGS if getattr(args, flag) not in (None, "auto")
-    ]
+    ] + (["--uncertainty"] if args.uncertainty else [])  # a prediction folder has no uncertainty maps
     if given:
         raise ConfigError(
             f"{', '.join(given)} belong to --model mode; folder mode takes --pred, --gt, --labels."
@@ -210,6 +217,7 @@ def _run_model(args: argparse.Namespace) -> int:
         spacing=args.spacing,
         empty_policy=args.empty_policy,
         progress=not args.no_progress,
+        uncertainty=args.uncertainty,
     )
     _report(summary)
     files = summary.write(summary_path, overwrite=args.overwrite)
@@ -227,6 +235,14 @@ def _run_model(args: argparse.Namespace) -> int:
 
 def _report(summary: Any) -> None:
     print(summary.format_table())
+    scores = summary.uncertainty_summary()
+    if scores is not None:
+        auroc, rho = scores["error_auroc_mean"], scores["case_error_spearman"]
+        print(
+            f"uncertainty vs errors: voxel AUROC {'n/a' if auroc is None else f'{auroc:.3f}'} (0.5 = chance), "
+            f"case Spearman(mean uncertainty, 1 - Dice) {'n/a' if rho is None else f'{rho:+.3f}'} "
+            f"over {scores['n_cases']} cases"
+        )
     if summary.not_predicted:
         print(summary.format_not_predicted())
     problems = summary.format_problems()

@@ -33,6 +33,7 @@ import numpy as np
 
 from medcl.errors import DataError
 from medcl.evaluation.metrics import ClassMetrics, EmptyPolicy
+from medcl.evaluation.uncertainty import CaseUncertainty, case_error_spearman
 
 __all__ = [
     "CSV_COLUMNS",
@@ -80,12 +81,14 @@ class CaseResult:
         prediction: The prediction file, ``None`` for a prediction made in memory (``--model``).
         reference: The reference label file.
         metrics: Foreground class value -> metrics.
+        uncertainty: How the model's uncertainty map matches its errors (``evaluate --uncertainty``).
     """
 
     case: str
     prediction: Path | None
     reference: Path
     metrics: dict[int, ClassMetrics]
+    uncertainty: CaseUncertainty | None = None
 
 
 @dataclass
@@ -143,10 +146,38 @@ class Summary:
             out[key] = float(np.mean(values)) if values else None
         return out
 
+    def uncertainty_summary(self) -> dict[str, Any] | None:
+        """Mean voxel-level error AUROC and the case-level Spearman correlation of uncertainty with error
+        (:mod:`medcl.evaluation.uncertainty`); None when the cases carry no uncertainty."""
+        scored = [case for case in self.cases if case.uncertainty is not None]
+        if not scored:
+            return None
+        aurocs = [c.uncertainty.error_auroc for c in scored if c.uncertainty.error_auroc is not None]
+        dice = []
+        for case in scored:
+            values = [case.metrics[v].dice for v in self.foreground if math.isfinite(case.metrics[v].dice)]
+            dice.append(float(np.mean(values)) if values else float("nan"))
+        pairs = [(c.uncertainty.mean, d) for c, d in zip(scored, dice, strict=True) if math.isfinite(d)]
+        return {
+            "n_cases": len(scored),
+            "error_auroc_mean": float(np.mean(aurocs)) if aurocs else None,
+            "case_error_spearman": case_error_spearman([m for m, _ in pairs], [d for _, d in pairs]),
+            "per_case": {
+                c.case: {
+                    "mean_uncertainty": c.uncertainty.mean,
+                    "error_auroc": c.uncertainty.error_auroc,
+                    "n_errors": c.uncertainty.n_errors,
+                }
+                for c in scored
+            },
+        }
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (see the module docstring); NaN becomes ``None``."""
         means = self.class_means()
+        uncertainty = self.uncertainty_summary()
         return {
+            **({"uncertainty": uncertainty} if uncertainty is not None else {}),
             "metric_per_case": [
                 {
                     "case": case.case,

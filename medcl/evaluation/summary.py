@@ -35,6 +35,7 @@ from medcl.evaluation.label_maps import _as_label_map, _read_label, _values, geo
 from medcl.evaluation.metrics import EmptyPolicy, check_empty_policy, label_metrics
 from medcl.evaluation.pairing import pair_folders
 from medcl.evaluation.report import SPACING_MODES, CaseProblem, CaseResult, SpacingMode, Summary
+from medcl.evaluation.uncertainty import case_uncertainty
 
 __all__ = ["Segmenter", "evaluate_case", "evaluate_folders", "evaluate_predictor"]
 
@@ -121,6 +122,7 @@ def evaluate_predictor(
     empty_policy: EmptyPolicy = "strict",
     *,
     progress: bool = False,
+    uncertainty: bool = False,
 ) -> Summary:
     """Segment each labeled case with ``predictor`` and score it against the case's label file.
 
@@ -134,6 +136,8 @@ def evaluate_predictor(
         spacing_mode: ``"mm"`` or ``"voxel"``.
         empty_policy: ``"strict"`` or ``"ssl4mis"``.
         progress: Draw a tqdm bar on stderr.
+        uncertainty: Also ask the predictor for its uncertainty map (``segment(..., uncertainty=True)``) and
+            score how it matches the errors (``CaseResult.uncertainty``, ``Summary.uncertainty_summary``).
 
     Returns:
         The summary (``prediction`` is ``None`` in every case: predictions stay in memory).
@@ -149,7 +153,11 @@ def evaluate_predictor(
     summary = Summary(labels=dict(labels), spacing=spacing_mode, empty_policy=empty_policy)
     for case in tqdm(cases, desc="predicting", unit="case", disable=not progress):
         try:
-            segmentation = predictor.segment(list(case.images))
+            segmentation = (
+                predictor.segment(list(case.images), uncertainty=True)
+                if uncertainty
+                else predictor.segment(list(case.images))
+            )
         except DataError as err:
             summary.problems.append(CaseProblem(case.id, case.images[0], f"prediction failed: {err}"))
             continue
@@ -159,7 +167,14 @@ def evaluate_predictor(
             pred, affine = segmentation
         reference = cast(Path, case.label)  # every case has a label: checked above
         result, problems = evaluate_case(
-            case.id, np.asarray(pred), np.asarray(affine), reference, labels, spacing_mode, empty_policy
+            case.id,
+            np.asarray(pred),
+            np.asarray(affine),
+            reference,
+            labels,
+            spacing_mode,
+            empty_policy,
+            uncertainty=getattr(segmentation, "uncertainty", None) if uncertainty else None,
         )
         summary.problems.extend(problems)
         if result is not None:
@@ -176,6 +191,8 @@ def evaluate_case(
     spacing_mode: SpacingMode = "mm",
     empty_policy: EmptyPolicy = "strict",
     prediction_file: Path | None = None,
+    *,
+    uncertainty: np.ndarray | None = None,
 ) -> tuple[CaseResult | None, list[CaseProblem]]:
     """Check one prediction against its reference file and score it if nothing is wrong.
 
@@ -191,6 +208,7 @@ def evaluate_case(
         spacing_mode: ``"mm"`` (the reference's spacing) or ``"voxel"``.
         empty_policy: ``"strict"`` or ``"ssl4mis"``.
         prediction_file: The prediction's file, for messages and the summary (``None`` if in memory).
+        uncertainty: The prediction's per-voxel uncertainty map, same grid; scored against the errors.
 
     Returns:
         ``(result, [])`` for a scored case, ``(None, problems)`` otherwise.
@@ -222,7 +240,8 @@ def evaluate_case(
     spacing = tuple(float(s) for s in voxel_spacing(ref_affine)) if spacing_mode == "mm" else None
     foreground = [value for value in sorted(labels) if value != 0]
     metrics = label_metrics(pred, ref, foreground, spacing, empty_policy=empty_policy)
-    return CaseResult(case_id, prediction_file, reference, metrics), []
+    scored = None if uncertainty is None else case_uncertainty(np.asarray(uncertainty), pred, ref)
+    return CaseResult(case_id, prediction_file, reference, metrics, scored), []
 
 
 def _check_modes(spacing_mode: str, empty_policy: str) -> None:

@@ -108,6 +108,7 @@ def score_model(
     spacing: str = "mm",
     empty_policy: str = "strict",
     progress: bool = False,
+    uncertainty: bool = False,
 ) -> Summary:
     """Segment every case of ``subset`` with ``predictor`` and score it against its label file.
 
@@ -118,6 +119,8 @@ def score_model(
         spacing: ``"mm"`` or ``"voxel"``: the unit of HD95 and ASD.
         empty_policy: ``"strict"`` or ``"ssl4mis"``.
         progress: Draw a progress bar.
+        uncertainty: Also score the predictor's uncertainty map against its errors
+            (:mod:`medcl.evaluation.uncertainty`).
 
     Returns:
         The summary; ``settings`` holds the model, dataset, splits file and subset.
@@ -125,7 +128,13 @@ def score_model(
     from medcl.evaluation.summary import evaluate_predictor
 
     summary = evaluate_predictor(
-        predictor, subset.cases, subset.info.labels, spacing, empty_policy, progress=progress
+        predictor,
+        subset.cases,
+        subset.info.labels,
+        spacing,
+        empty_policy,
+        progress=progress,
+        uncertainty=uncertainty,
     )
     summary.settings.update(
         {
@@ -182,6 +191,10 @@ def summary_metrics(summary: Summary, prefix: str) -> dict[str, float]:
     for metric in METRICS:
         if fg[metric] is not None:
             metrics[f"{prefix}/{metric}_mean"] = float(fg[metric])
+    scores = summary.uncertainty_summary()
+    for key in ("error_auroc_mean", "case_error_spearman"):
+        if scores is not None and scores[key] is not None:
+            metrics[f"{prefix}/uncertainty/{key}"] = float(scores[key])
     return metrics
 
 

@@ -163,6 +163,8 @@ def test_mode_errors_are_one_sentence(folders, capsys) -> None:
     assert "Give --pred DIR --gt DIR" in capsys.readouterr().err
     assert run_cli("evaluate", "--pred", pred, "--gt", pred) == 1
     assert "same folder" in capsys.readouterr().err
+    assert run_cli("evaluate", "--pred", pred, "--gt", gt, "--uncertainty") == 1
+    assert "--uncertainty belong to --model mode" in capsys.readouterr().err
 
 
 # --- model mode -------------------------------------------------------------------------------------------
@@ -296,3 +298,22 @@ def test_model_mode_with_an_unknown_model_creates_no_store(
     err = capsys.readouterr().err
     assert "'typo'" in err and "no MLflow store" in err and err.count("\n") == 1
     assert not output.exists()
+
+
+def test_model_mode_scores_the_uncertainty_map(
+    hippocampus: Path, tiny_checkpoint, tmp_path: Path, capsys
+) -> None:
+    """`--uncertainty`: the summary JSON and the printout carry the voxel AUROC and the case correlation."""
+    model = tiny_checkpoint(tmp_path / "model.pt")
+    splits = tmp_path / "splits.json"
+    splits.write_text(json.dumps({"labeled": [IDS[0]], "unlabeled": [], "val": [], "test": list(IDS[1:4])}))
+    out = tmp_path / "eval" / "summary.json"
+    args = ["evaluate", "--model", model, "--data", hippocampus, "--splits", splits, "--subset", "test"]
+    args += ["--device", "cpu", "--uncertainty", "-o", out, "--runs", tmp_path / "runs", "--no-progress"]
+    assert run_cli(*args) == 0
+    printed = capsys.readouterr().out
+    assert "uncertainty vs errors: voxel AUROC" in printed and "over 3 cases" in printed
+    scores = json.loads(out.read_text())["uncertainty"]
+    assert set(scores["per_case"]) == set(IDS[1:4])
+    assert 0.0 <= scores["error_auroc_mean"] <= 1.0  # an untrained network: any value, but a defined one
+    assert all(0.0 <= c["mean_uncertainty"] <= 1.0 for c in scores["per_case"].values())
