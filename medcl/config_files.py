@@ -8,6 +8,7 @@ A file may say ``extends: <config>`` (a path relative to it, or a shipped name s
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,9 @@ from medcl.errors import ConfigError
 
 __all__ = [
     "apply_overrides",
+    "YamlLoader",
     "chain_source",
+    "load_yaml",
     "merge_configs",
     "parse_override",
     "read_config_chain",
@@ -27,6 +30,39 @@ __all__ = [
     "resolve_extends",
     "set_dotted",
 ]
+
+
+class YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's floats: ``3e-4`` and ``5E+2`` are numbers, not strings.
+
+    PyYAML follows YAML 1.1, whose float pattern needs a dot (``3.0e-4``); a learning rate written ``3e-4`` would
+    arrive as the string ``"3e-4"`` and only survive where the schema happens to coerce strings.
+    """
+
+
+YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:float"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text with :class:`YamlLoader` (safe: plain data only)."""
+    return yaml.load(text, Loader=YamlLoader)  # noqa: S506 (a SafeLoader subclass)
+
 
 #: One override: ``"a.b=value"`` text from ``--set`` (the value read as YAML) or a ``("a.b", value)`` pair
 #: from a typed command-line flag (the value kept as given: ``--runs 2024`` stays the string ``"2024"``).
@@ -38,7 +74,7 @@ def read_mapping(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
@@ -150,7 +186,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not key or any(not p for p in key.split(".")):
         raise ConfigError(f"--set has an empty key in {text!r}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key, value

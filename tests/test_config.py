@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from medcl.config import describe, flatten
-from medcl.config_files import parse_override
 from medcl.errors import ConfigError
 from medcl.methods import METHODS
 from medcl.methods.supervised import SupervisedParams
@@ -88,19 +87,6 @@ def test_run_names_follow_the_workflow_name_rule(name: str) -> None:
     assert (run_ok, workflow_ok) == (valid, valid)
 
 
-def test_bad_override_syntax_and_files(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="KEY=VALUE"):
-        parse_override("optim.lr")
-    with pytest.raises(ConfigError, match="not found"):
-        load_config(tmp_path / "missing.yaml")
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("optim: [unclosed")
-    with pytest.raises(ConfigError, match="not valid YAML"):
-        load_config(bad)
-    with pytest.raises(ConfigError, match="is a value, not a section"):
-        build_config({"output": "runs"}, ["output.x=1"])
-
-
 def test_flatten_and_describe_cover_every_key() -> None:
     cfg = build_config({})
     flat = flatten(cfg.model_dump(mode="json"))
@@ -108,27 +94,6 @@ def test_flatten_and_describe_cover_every_key() -> None:
     keys = {row[0] for row in describe()}
     assert {"optim.lr", "data.augment.rotate_deg", "tracking.experiment"} <= keys
     assert all(desc for key, _, desc in describe() if not key.startswith(("method", "output", "init")))
-
-
-def test_flag_values_are_typed_not_reread_as_yaml(tmp_path) -> None:
-    """A flag's value reaches the config as given: a numeric folder name, 'yes' and 'a: b' stay strings."""
-    import argparse
-
-    from medcl.commands.common import add_training_flags, config_from_args
-
-    parser = argparse.ArgumentParser()
-    add_training_flags(parser)
-    for folder in ("2024", "yes", str(tmp_path / "a: b")):
-        args = parser.parse_args(
-            ["hippocampus/supervised", "--runs", folder, "--data", folder, "--steps", "7"]
-        )
-        cfg = config_from_args(args)
-        assert (cfg.output, cfg.data.path, cfg.train.steps) == (folder, folder, 7)
-    # --set still reads YAML, and the typed flags win over it
-    args = parser.parse_args(["hippocampus/supervised", "--set", "train.steps=9", "--set", "optim.lr=1e-3"])
-    assert (config_from_args(args).train.steps, config_from_args(args).optim.lr) == (9, 1e-3)
-    args = parser.parse_args(["hippocampus/supervised", "--set", "train.steps=9", "--steps", "5"])
-    assert config_from_args(args).train.steps == 5
 
 
 def test_the_schema_imports_no_method() -> None:

@@ -37,7 +37,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from medcl.config import NAME_PATTERN
-from medcl.config_files import Override, parse_override
+from medcl.config_files import Override, load_yaml, parse_override
 from medcl.errors import ConfigError
 from medcl.workflows.paths import absolute, absolute_if_file, override_path, rebase_paths
 from medcl.workflows.references import (
@@ -224,7 +224,7 @@ def load_workflow(path: str | Path, overrides: Sequence[Override] = ()) -> Workf
     if not path.is_file():
         raise ConfigError(f"workflow file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"workflow file {path} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):

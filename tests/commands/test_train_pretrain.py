@@ -3,7 +3,6 @@ flags reach the config, bad input fails in one line naming the folder or file, b
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import re
@@ -12,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from medcl.cli import build_parser, main
-from medcl.commands.common import config_from_args
+from medcl.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 PRETRAIN = REPO / "configs" / "hippocampus" / "pretrain_global.yaml"
@@ -28,20 +26,6 @@ def scans(hippocampus: Path, tmp_path: Path) -> Path:
     shutil.copy(hippocampus / "imagesTr" / "hippocampus_004.nii.gz", root)
     (root / "notes.txt").write_text("scanner B\n")
     return root
-
-
-def parse(*argv: str) -> argparse.Namespace:
-    return build_parser().parse_args([str(a) for a in argv])
-
-
-def test_flags_become_config_keys(tmp_path: Path) -> None:
-    odd = tmp_path / "scans, 2024: site A"  # a comma, a colon and spaces stay one path
-    cfg = config_from_args(parse("pretrain", PRETRAIN, "--images", odd, "--images", "b", "--modality", "ct"))
-    assert cfg.data.images == [str(odd), "b"] and cfg.data.modality == "ct"
-    cfg = config_from_args(parse("train", SUPERVISED, "--data", "d", "--unlabeled", odd))
-    assert cfg.data.unlabeled_dir == str(odd)
-    cfg = config_from_args(parse("train", SUPERVISED, "--data", "d", "--unlabeled", "x", "--unlabeled", "y"))
-    assert cfg.data.unlabeled_dir == ["x", "y"]
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from monai.losses import DiceLoss
 
 from medcl.engine.data_setup import data_spec
 from medcl.methods import build_method
-from medcl.methods.base import DataSpec, pseudo_label_dice
+from medcl.methods.base import DataSpec
 from medcl.services.configs import build_config
 
 SMALL = [
@@ -127,17 +127,6 @@ def test_real_steps_train_one_network_on_labeled_and_strong_views(acdc_volumes, 
     with torch.no_grad():
         a, b = method(batch, 7), method(batch, 7)
     assert torch.equal(a["unsup"], b["unsup"])
-
-
-def test_pseudo_label_dice_by_hand() -> None:
-    pseudo = torch.tensor([[[0, 1, 1], [2, 2, 0]]])  # (1, 2, 3), K = 3
-    label = torch.tensor([[[[0, 1, 0], [2, 2, 2]]]])  # (1, 1, 2, 3)
-    # class 1: |P| = 2, |Y| = 1, |P & Y| = 1 -> 2/3; class 2: |P| = 2, |Y| = 3, |P & Y| = 2 -> 4/5.
-    assert pseudo_label_dice(pseudo, label, 3).item() == pytest.approx((2 / 3 + 4 / 5) / 2)
-    # A class absent from both is left out of the mean; nothing present at all gives 0.
-    assert pseudo_label_dice(pseudo, label, 4).item() == pytest.approx((2 / 3 + 4 / 5) / 2)
-    empty = torch.zeros(1, 2, 3, dtype=torch.long)
-    assert pseudo_label_dice(empty, empty, 3).item() == 0.0
 
 
 def test_withheld_labels_of_unlabeled_cases_give_train_pseudo_dice_and_no_loss_reads_them(

@@ -1,4 +1,4 @@
-"""Workflow files: schema, ``--set``, variables and stage references (no training)."""
+"""Workflow files: schema, ``--set`` and variables, without training (references: test_references.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from medcl.errors import ConfigError
-from medcl.workflows.spec import build_workflow, load_workflow, resolve_stage
+from medcl.workflows.spec import build_workflow, load_workflow
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -65,10 +65,6 @@ def test_variables_data_and_set_overrides(tmp_path: Path) -> None:
     assert wf.set == {"train.device": "cpu"}
     assert wf.stage("infer").input == [str(Path("other/imagesTr/case.nii.gz").resolve())]
     assert Path(wf.output).is_absolute() and Path(train.config).is_absolute()
-    resolved = resolve_stage(train, {"split": {"splits": "/x/splits.json"}}, "wf.yaml")
-    assert resolved.splits == "/x/splits.json"
-    with pytest.raises(ConfigError, match=r"\$\{stages.train.model\} is empty.*checkpoint"):
-        resolve_stage(wf.stage("evaluate"), {"train": {"model": None}, "split": {"splits": "s"}}, "wf.yaml")
 
 
 def test_flag_values_stay_typed() -> None:
@@ -82,17 +78,9 @@ def test_flag_values_stay_typed() -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"stages.1.init": "${stages.nosuch.checkpoint}"}, "unknown stage 'nosuch'"),
-        ({"stages.1.init": "${stages.evaluate.summary}"}, "forward reference: stage 'evaluate'"),
-        ({"stages.1.init": "${stages.split.model}"}, "no output 'model' \\(outputs: run_id, splits\\)"),
-        ({"stages.1.init": "${stages.train.checkpoint}"}, "refers to the stage itself"),
-        ({"stages.1.init": "${nonsense}"}, "unknown reference"),
-        ({"stages.1.steps": "${vars.nosuch}"}, "unknown variable"),
         ({"stages.1.stepz": 3}, "stage 'train': unknown key 'stepz'"),
         ({"stages.3.kind": "paint"}, "unknown kind 'paint'"),
         ({"colour": "red"}, "unknown key 'colour'"),
-        ({"register.from": "evaluate"}, "only pretrain/train/finetune"),
-        ({"stages.2.name": "split"}, "two stages are named 'split'"),
     ],
 )
 def test_invalid_workflows_name_the_file_and_the_problem(change: dict, message: str) -> None:

@@ -1,4 +1,4 @@
-"""Configs that compose: ``extends: <config>`` (issue 14)."""
+"""Config files: one YAML file read with clear errors, ``extends: <config>`` chains (issue 14), ``--set``."""
 
 from __future__ import annotations
 
@@ -6,9 +6,17 @@ from pathlib import Path
 
 import pytest
 
-from medcl.config_files import merge_configs, read_config_chain, read_yaml
+from medcl.config_files import (
+    apply_overrides,
+    chain_source,
+    merge_configs,
+    parse_override,
+    read_config_chain,
+    read_mapping,
+    read_yaml,
+)
 from medcl.errors import ConfigError
-from medcl.services.configs import load_config
+from medcl.services.configs import build_config, load_config
 from medcl.shipped import shipped_dir, shipped_names
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,3 +119,82 @@ def test_a_bad_key_names_the_whole_chain(tmp_path: Path) -> None:
     assert f"({tmp_path / 'child.yaml'}, extending " in str(err.value) and "supervised.yaml)" in str(
         err.value
     )
+
+
+def test_bad_override_syntax_and_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_override("optim.lr")
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="is a value, not a section"):
+        build_config({"output": "runs"}, ["output.x=1"])
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("optim.lr=1.5e-3", ("optim.lr", 1.5e-3)),
+        ("data.patch_size=[96, 96]", ("data.patch_size", [96, 96])),
+        ("val.hd95=false", ("val.hd95", False)),
+        ("init=null", ("init", None)),
+        (" output = a=b ", ("output", "a=b")),  # split at the first '='; the key is stripped
+        ("tracking.run_name=", ("tracking.run_name", "")),
+        ("output=[unclosed", ("output", "[unclosed")),  # not YAML: kept as text
+    ],
+)
+def test_parse_override_reads_the_value_as_yaml(text: str, expected: tuple) -> None:
+    assert parse_override(text) == expected
+
+
+@pytest.mark.parametrize("text", ["=1", "optim..lr=1", ".lr=1", "optim.=1"])
+def test_an_empty_key_part_is_named(text: str) -> None:
+    with pytest.raises(ConfigError, match=f"--set has an empty key in {text!r}"):
+        parse_override(text)
+
+
+def test_overrides_apply_in_order_to_a_copy_and_pairs_stay_as_given() -> None:
+    raw = {"train": {"steps": 10}, "output": "runs"}
+    out = apply_overrides(raw, ["train.steps=20", ("output", "2024"), "train.steps=30", ("data.path", "yes")])
+    assert out == {"train": {"steps": 30}, "output": "2024", "data": {"path": "yes"}}
+    assert raw == {"train": {"steps": 10}, "output": "runs"}  # the input is not changed
+    assert apply_overrides(raw, ["output=2024"])["output"] == 2024  # --set text is YAML
+
+
+def test_a_file_that_is_not_a_mapping_and_the_chain_in_messages(tmp_path: Path) -> None:
+    (tmp_path / "list.yaml").write_text("- optim\n- lr\n")
+    with pytest.raises(ConfigError) as err:
+        read_mapping(tmp_path / "list.yaml")
+    assert str(err.value) == f"config file {tmp_path / 'list.yaml'} must hold a mapping of sections, got list"
+    (tmp_path / "empty.yaml").write_text("# nothing yet\n")
+    assert read_mapping(tmp_path / "empty.yaml") == {}
+    assert chain_source([Path("a.yaml")]) == "a.yaml"
+    assert chain_source([Path("a.yaml"), Path("b.yaml"), Path("c.yaml")]) == (
+        "a.yaml, extending b.yaml, extending c.yaml"
+    )
+
+
+def test_an_exponent_without_a_dot_is_a_number(tmp_path) -> None:
+    """YAML 1.2 floats: PyYAML alone (YAML 1.1) reads 5e-2 as a string, which a StepCount refused."""
+    assert parse_override("optim.lr=3e-4") == ("optim.lr", 3e-4)  # the example of the KEY=VALUE message
+    assert build_config({}, ["optim.warmup_steps=5e-2"]).optim.warmup_steps == 0.05
+    assert [parse_override(f"k={v}")[1] for v in ("1E+3", "-2.5e-1", "7", "1_000", ".5")] == [
+        1000.0,
+        -0.25,
+        7,
+        1000,
+        0.5,
+    ]
+    assert [parse_override(f"k={v}")[1] for v in ("e5", "2024-01", "3e", "1.2.3")] == [
+        "e5",
+        "2024-01",
+        "3e",
+        "1.2.3",
+    ]
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  lr: 3e-4\n  warmup_steps: 5e-2\n")
+    cfg = load_config(path)
+    assert (cfg.optim.lr, cfg.optim.warmup_steps) == (3e-4, 0.05)
