@@ -35,7 +35,8 @@ demo: install
 test: install
 	$(VENV)/bin/pytest -q
 
-# The edit-test loop: everything but the tests marked slow (DDP, workflows, notebooks, browser, kill/resume).
+# The edit-test loop: everything but the tests marked slow (DDP, workflows, notebooks, browser, kill/resume,
+# the MLflow server, and every test that needs the 300-step trained_run fixture).
 test-fast: install
 	$(VENV)/bin/pytest -q -m "not slow"
 

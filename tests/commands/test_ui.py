@@ -37,6 +37,7 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
+@pytest.mark.slow  # a real MLflow server started and killed: about 30 s each
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_ui_serves_the_runs_store_on_loopback_and_kill_stops_the_server_tree(
     output_dir: Path, stop: signal.Signals
