@@ -57,7 +57,9 @@ def test_torch_free_choice_lists_match_their_implementations() -> None:
 @pytest.mark.parametrize("command", ["pretrain", "evaluate", "run", "ui", "config"])
 def test_every_flag_of_the_command_is_in_docs_cli(command: str) -> None:
     """docs/cli.md (workflows.md for run) names every flag the command's --help shows (the help is the source, the page follows)."""
-    doc = (REPO / "docs" / "cli.md").read_text(encoding="utf-8") + (REPO / "docs" / "workflows.md").read_text(encoding="utf-8")  # run: there
+    doc = (REPO / "docs" / "cli.md").read_text(encoding="utf-8") + (REPO / "docs" / "workflows.md").read_text(
+        encoding="utf-8"
+    )  # run: there
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     parsers = [sub.choices[command]]
     missing = []
