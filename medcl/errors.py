@@ -7,6 +7,8 @@ readable sentence naming the file or key and the problem. The CLI prints the mes
 
 from __future__ import annotations
 
+import re
+
 
 class MedclError(Exception):
     """An error caused by the user's input, reported as one readable message."""
@@ -18,3 +20,8 @@ class ConfigError(MedclError):
 
 class DataError(MedclError):
     """A dataset, case file or splits file that cannot be used."""
+
+
+def one_line(text: object) -> str:
+    """A (multi-line) message on one line, lines joined by ``; `` (state files, failure lists)."""
+    return re.sub(r"\s*\n\s*", "; ", str(text).strip())

@@ -51,3 +51,10 @@ def test_a_real_config_error_from_the_command_line(capsys) -> None:
     err = capsys.readouterr().err
     assert err.startswith("medcl: error: config file not found: no/such/config (and no shipped config named")
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_one_line_joins_the_lines_of_a_message() -> None:
+    from medcl.errors import one_line
+
+    assert one_line("bad case:\n  label values [7]\n") == "bad case:; label values [7]"
+    assert one_line(ValueError("a\nb")) == "a; b"

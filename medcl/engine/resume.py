@@ -90,6 +90,7 @@ def init_weights(
     if modality is not None:
         check_init_preprocessing(loaded, source, cfg, modality)
     state, state_run_id = loaded["model"], loaded.get("mlflow_run_id")
+    state = method.upgrade_state_dict(state) if hasattr(method, "upgrade_state_dict") else state
     own = method.state_dict()
     matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not matched:

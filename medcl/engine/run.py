@@ -32,7 +32,6 @@ from medcl.engine.final import log_final
 from medcl.engine.resume import init_weights, load_resume
 from medcl.engine.run_folder import claim_run_dir, new_run_name, start_tracking
 from medcl.engine.trainer import Trainer, TrainResult
-from medcl.errors import ConfigError
 from medcl.methods import build_method
 from medcl.runtime import distributed as dist
 from medcl.runtime.device import resolve_device
@@ -60,11 +59,6 @@ def train(
     resume_state: dict[str, Any] | None = None
     if resume:
         resume_path, resume_state, cfg = load_resume(resume, cfg.output)
-    if not cfg.data.path and not cfg.data.images:
-        raise ConfigError(
-            "no dataset given: pass --data DIR (or set data.path in the config), or --images DIR for "
-            "label-free pretraining on a folder of images"
-        )
     device = resolve_device(cfg.train.device)
     dist.init_from_env(device)
     if cfg.train.threads:
@@ -107,11 +101,13 @@ def train(
         if dist.is_main():
             claimed = claim_run_dir(runs, new_run_name(cfg, info), explicit=bool(cfg.tracking.run_name)).name
         run_dir = runs / dist.broadcast_object(claimed)  # every rank uses the folder rank 0 claimed
-    tracker: Any = NullTracker()
-    if dist.is_main():
-        tracker = start_tracking(
+    tracker: Any = (
+        start_tracking(
             cfg, run_dir, info, splits, method, spec, resume_state=resume_state, init_run=init_run, tags=tags
         )
+        if dist.is_main()
+        else NullTracker()
+    )
     if dist.is_main() and resume_state is None:
         (run_dir / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=1))
         splits.save(run_dir / "splits.json")

@@ -10,7 +10,8 @@ Two questions, two numbers:
 * **Case level:** over the scored cases, the Spearman rank correlation between a case's mean uncertainty in
   its predicted foreground region (the ``entropy`` score of ``suggest``) and its error, 1 - mean foreground
   Dice. Positive: the cases the model is unsure of are the ones it gets wrong, so ranking by uncertainty
-  sends the annotator to them.
+  sends the annotator to them. (``suggest`` scores on the network's grid, this on the input's grid after
+  inversion: the same score up to resampling.)
 """
 
 from __future__ import annotations
@@ -23,10 +24,7 @@ import numpy as np
 import torch
 from scipy.stats import rankdata, spearmanr
 
-from medcl.inference.uncertainty import foreground_region
-
-#: Voxels added around the predicted foreground: the region ``suggest`` scores (``foreground_region``).
-BORDER = 3
+from medcl.inference.uncertainty import foreground_region, region_mean
 
 
 @dataclass(frozen=True)
@@ -34,8 +32,8 @@ class CaseUncertainty:
     """The uncertainty of one scored case.
 
     Attributes:
-        mean: Mean uncertainty in the predicted foreground grown by :data:`BORDER` voxels (0 when nothing is
-            predicted).
+        mean: Mean uncertainty in the predicted foreground grown by 3 voxels (over the whole volume when
+            nothing is predicted), as ``suggest --strategy entropy`` scores a case.
         error_auroc: AUROC of the uncertainty for wrong vs right voxels (see the module docstring), or None.
         n_errors: Wrong voxels in the region.
     """
@@ -80,8 +78,8 @@ def case_uncertainty(uncertainty: np.ndarray, pred: np.ndarray, ref: np.ndarray)
             f"uncertainty {uncertainty.shape}, prediction {pred.shape} and reference {ref.shape} must have "
             "one shape"
         )
-    predicted = foreground_region(torch.from_numpy(np.asarray(pred, dtype=np.int64)), BORDER).numpy()
-    mean = float(uncertainty[predicted].mean()) if predicted.any() else 0.0
+    predicted = foreground_region(torch.from_numpy(np.asarray(pred, dtype=np.int64))).numpy()
+    mean = region_mean(torch.from_numpy(np.asarray(uncertainty)), torch.from_numpy(predicted))
     region = predicted | (ref > 0)
     wrong = (pred != ref)[region]
     return CaseUncertainty(mean, auroc(uncertainty[region], wrong), int(wrong.sum()))

@@ -8,6 +8,7 @@ as ``train/loss_<name>`` (tensors) or ``train/<name>`` (floats, e.g. a temperatu
 from __future__ import annotations
 
 from abc import ABCMeta, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -154,6 +155,19 @@ class Method(nn.Module, metaclass=ABCMeta):
         params, method_steps = resolve_step_fields(params, steps, "method")
         _, optim_steps = resolve_step_fields(optim, steps, "optim")
         return params, {**optim_steps, **method_steps}
+
+    #: Old state-dict key -> its current name, for checkpoints written before a module was renamed; applied by
+    #: :meth:`upgrade_state_dict`, which ``load_state_dict`` (resume, inference) and ``--init`` both use.
+    renamed_keys: ClassVar[dict[str, str]] = {}
+
+    def upgrade_state_dict(self, state: Mapping[str, Any]) -> dict[str, Any]:
+        """``state`` with the keys of :attr:`renamed_keys` given their current names."""
+        return {self.renamed_keys.get(k, k): v for k, v in state.items()}
+
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ) -> Any:
+        return super().load_state_dict(self.upgrade_state_dict(state_dict), strict=strict, assign=assign)
 
     def build_net(self, model_cfg: Any | None = None) -> SegNet:
         """A segmentation network from ``model_cfg`` (default: the run's ``model`` section)."""

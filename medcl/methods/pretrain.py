@@ -13,7 +13,6 @@ Labels are never read: both stages use the label-free ``images`` stream (every t
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -176,6 +175,8 @@ class PretrainLocal(_Pretrain):
     mode = "local"
     views = 2
     include_original = False
+    #: Checkpoints written while the loss owned the window embedding name it ``loss_fn.proj``.
+    renamed_keys = {"loss_fn.proj.weight": "region_head.linear.weight"}
 
     def __init__(self, params: MethodParams, run: RunFacts, spec: DataSpec) -> None:
         super().__init__(params, run, spec)
@@ -203,15 +204,6 @@ class PretrainLocal(_Pretrain):
             negatives=self.params.negatives,
             strategy=self.params.strategy,
         )
-
-    def load_state_dict(
-        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
-    ) -> Any:
-        """Load; checkpoints written while the loss owned the window embedding name it ``loss_fn.proj``."""
-        old, new = "loss_fn.proj.weight", "region_head.linear.weight"
-        if old in state_dict:
-            state_dict = {(new if k == old else k): v for k, v in state_dict.items()}
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def training_step(self, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor | float]:
         b = batch["images"]

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from monai.losses import DiceCELoss, MaskedDiceLoss
 from pydantic import Field
@@ -137,11 +136,12 @@ class SupervisedLoss(nn.Module):
             A float32 scalar tensor (0 when nothing is masked in).
         """
         mask = mask.float()  # (B, *S)
-        loss = logits.new_zeros((), dtype=torch.float32)
+        logits = logits.float()  # once: both terms in float32
+        loss = logits.new_zeros(())
         if self.ce_weight:
-            ce = F.cross_entropy(logits.float(), labels, reduction="none")  # (B, *S)
+            ce = F.cross_entropy(logits, labels, reduction="none")  # (B, *S)
             loss = loss + self.ce_weight * (ce * mask).sum() / mask.numel()
         if self.dice_weight:
-            dice = self.masked_dice(logits.float(), labels.unsqueeze(1), mask=mask.unsqueeze(1))
+            dice = self.masked_dice(logits, labels.unsqueeze(1), mask=mask.unsqueeze(1))
             loss = loss + self.dice_weight * dice
         return loss

@@ -8,7 +8,6 @@ mask without ``overwrite``, a mask that would replace its own input) is recorded
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from medcl.errors import MedclError
+from medcl.errors import MedclError, one_line
 
 #: What a case may fail with without stopping the others; anything else (a bug) propagates.
 CASE_ERRORS = (MedclError, OSError, RuntimeError, ValueError)
@@ -146,7 +145,7 @@ def segment_cases(
             counts = np.bincount(seg.labels.ravel(), minlength=len(names))
             result.written.append(SegmentedCase(case.name, target, time.perf_counter() - start, counts))
         except CASE_ERRORS as exc:  # one bad case must not stop the others
-            result.failures.append((case.name, _one_line(str(exc))))
+            result.failures.append((case.name, one_line(exc)))
             if on_error is not None:
                 on_error(case.name, exc)
     return result
@@ -168,7 +167,3 @@ def log_segmentation(
     if log_masks:
         for path in result.masks.values():
             run.log_artifact(path, "masks")
-
-
-def _one_line(text: str) -> str:
-    return re.sub(r"\s*\n\s*", "; ", text.strip())

@@ -34,7 +34,7 @@ import yaml
 
 from medcl.config import Config
 from medcl.config_files import Override
-from medcl.errors import MedclError
+from medcl.errors import MedclError, one_line
 from medcl.tracking.client_runs import ClientRun, ClientStore, end_active_run, tracking_uri_set
 from medcl.tracking.mlflow_tracking import resolve_store
 from medcl.workflows import stages
@@ -51,7 +51,6 @@ from medcl.workflows.state import (
     format_state,
     new_state,
     now,
-    one_line,
     read_state,
     short,
     state_path,
@@ -210,7 +209,7 @@ class WorkflowRunner:
         interrupted = rec.get("status") in (KILLED, RUNNING)
         continue_killed = bool(
             interrupted
-            and stage.kind in ("pretrain", "train", "finetune")
+            and isinstance(stage, TrainStage)
             and rec.get("run_dir")
             and (Path(rec["run_dir"]) / "checkpoints" / "last.pt").is_file()
         )

@@ -14,12 +14,11 @@ from typing import Any
 
 from medcl.config import Config
 from medcl.config_files import read_yaml, set_dotted
-from medcl.errors import ConfigError, DataError, MedclError
+from medcl.errors import ConfigError, DataError, MedclError, one_line
 from medcl.services.configs import build_config
 from medcl.services.training_options import training_overrides
 from medcl.workflows.references import references
 from medcl.workflows.spec import EvaluateStage, InferStage, SplitStage, TrainStage, Workflow
-from medcl.workflows.state import one_line
 
 
 @dataclass

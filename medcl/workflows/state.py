@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,11 +27,6 @@ FINISHED, FAILED, KILLED, RUNNING, PENDING = "FINISHED", "FAILED", "KILLED", "RU
 def now() -> str:
     """The local time as the state file writes it."""
     return time.strftime("%Y-%m-%dT%H:%M:%S")
-
-
-def one_line(text: Any) -> str:
-    """A (multi-line) message on one line, lines joined by ``; ``."""
-    return re.sub(r"\s*\n\s*", "; ", str(text).strip())
 
 
 def state_path(wf: Workflow) -> Path:

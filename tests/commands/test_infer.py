@@ -58,36 +58,11 @@ def test_folder_with_a_corrupt_file(trained_run, hippocampus: Path, tmp_path: Pa
 
     # A second run refuses to overwrite, per case, unless --overwrite.
     first = (out / f"{ids[0]}.nii.gz").stat().st_mtime_ns
-    code = main(
-        [
-            "infer",
-            "--model",
-            str(result.best_checkpoint),
-            "--input",
-            str(inputs / f"{ids[0]}.nii.gz"),
-            "--output",
-            str(out),
-            "--no-progress",
-        ]
-    )
-    assert code == 1 and "--overwrite" in capsys.readouterr().out
+    again = ["infer", "--model", str(result.best_checkpoint), "--input", str(inputs / f"{ids[0]}.nii.gz")]
+    again += ["--output", str(out), "--no-progress"]
+    assert main(again) == 1 and "--overwrite" in capsys.readouterr().out
     assert (out / f"{ids[0]}.nii.gz").stat().st_mtime_ns == first
-    code = main(
-        [
-            "infer",
-            "--model",
-            str(result.best_checkpoint),
-            "--input",
-            str(inputs / f"{ids[0]}.nii.gz"),
-            "--output",
-            str(out),
-            "--no-progress",
-            "--overwrite",
-            "--save-probabilities",
-            "--tta",
-        ]
-    )
-    assert code == 0
+    assert main([*again, "--overwrite", "--save-probabilities", "--tta"]) == 0
     probs = np.load(out / f"{ids[0]}_probabilities.npz")["probabilities"]
     assert probs.shape == (3, *nib.load(out / f"{ids[0]}.nii.gz").shape)
 

@@ -14,7 +14,7 @@ from medcl.data.dataset import load_dataset
 from medcl.data.sampling import preprocess_volumes
 from medcl.data.transforms import volume_transforms
 from medcl.engine.data_setup import data_spec
-from medcl.methods import build_method
+from medcl.methods import DataSpec, build_method
 from medcl.services.configs import build_config
 
 SMALL = [
@@ -108,3 +108,31 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def step_3d(tmp_path: Path):
+    """Factory: one training step (forward, backward, ``on_step_end``) of a method on random 2 x 32^3 patches.
+
+    ``step_3d(name, *overrides)`` returns the step's result; for checking that 3D maps take the 2D code path.
+    """
+
+    def run(name: str, *overrides: str) -> dict:
+        spec = DataSpec(
+            in_channels=1, num_classes=2, class_names=("bg", "LA"), spatial_dims=3, patch_size=(32, 32, 32)
+        )
+        g = torch.Generator().manual_seed(0)
+        labels = (torch.rand(2, 1, 32, 32, 32, generator=g) > 0.7).long()
+        batch = {
+            "labeled": {"image": torch.randn(2, 1, 32, 32, 32, generator=g), "label": labels},
+            "unlabeled": {"image": torch.randn(2, 1, 32, 32, 32, generator=g)},
+        }
+        base = ["data.spatial_dims=3", "data.patch_size=[32, 32, 32]", "model.features=[4, 4, 8, 8, 16, 4]"]
+        cfg = build_config({"method": {"name": name}}, [*base, f"output={tmp_path}", *overrides])
+        method = build_method(cfg, spec)
+        out = method(batch, 0)
+        out["loss"].backward()
+        method.on_step_end(0)
+        return out
+
+    return run

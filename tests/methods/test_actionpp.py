@@ -8,8 +8,6 @@ import pytest
 import torch
 
 from medcl.errors import ConfigError
-from medcl.methods import build_method
-from medcl.methods.base import DataSpec
 from medcl.services.configs import build_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -119,35 +117,16 @@ def test_unsup_loss_fraction_and_mask_weightings_by_hand(acdc) -> None:
     assert method.unsup_loss(logits, pseudo, conf).item() == pytest.approx(ce[0], rel=1e-6)  # confident only
 
 
-def test_three_dimensional_maps_use_the_same_code_path(tmp_path) -> None:
-    spec = DataSpec(
-        in_channels=1, num_classes=2, class_names=("bg", "LA"), spatial_dims=3, patch_size=(32, 32, 32)
+def test_three_dimensional_maps_use_the_same_code_path(step_3d) -> None:
+    out = step_3d(
+        "actionpp",
+        "method.rep_dim=16",
+        "method.anco.num_queries=32",
+        "method.anco.num_negatives=32",
+        "method.saacl.anchors_per_class=32",
+        "method.saacl.queue_size=256",
+        "method.mix=cutmix",
     )
-    g = torch.Generator().manual_seed(0)
-    labels = (torch.rand(2, 1, 32, 32, 32, generator=g) > 0.7).long()
-    batch = {
-        "labeled": {"image": torch.randn(2, 1, 32, 32, 32, generator=g), "label": labels},
-        "unlabeled": {"image": torch.randn(2, 1, 32, 32, 32, generator=g)},
-    }
-    cfg = build_config(
-        {"method": {"name": "actionpp"}},
-        [
-            "data.spatial_dims=3",
-            "data.patch_size=[32, 32, 32]",
-            "model.features=[4, 4, 8, 8, 16, 4]",
-            f"output={tmp_path}",
-            "method.rep_dim=16",
-            "method.anco.num_queries=32",
-            "method.anco.num_negatives=32",
-            "method.saacl.anchors_per_class=32",
-            "method.saacl.queue_size=256",
-            "method.mix=cutmix",
-        ],
-    )
-    method = build_method(cfg, spec)
-    out = method(batch, 0)
-    out["loss"].backward()
-    method.on_step_end(0)
     assert all(math.isfinite(float(v.detach()) if torch.is_tensor(v) else v) for v in out.values())
 
 

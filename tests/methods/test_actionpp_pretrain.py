@@ -13,7 +13,6 @@ from medcl.data.dataset import load_dataset
 from medcl.engine.data_setup import data_spec
 from medcl.errors import ConfigError
 from medcl.methods import METHODS, build_method
-from medcl.methods.base import DataSpec
 from medcl.services.configs import build_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -80,34 +79,15 @@ def test_pretraining_methods_declare_their_kind() -> None:
     assert METHODS["pretrain_actionpp"].validates  # stage 2 segments the labeled slices: it validates
 
 
-def test_three_dimensional_maps_use_the_same_code_path(tmp_path) -> None:
-    spec = DataSpec(
-        in_channels=1, num_classes=2, class_names=("bg", "LA"), spatial_dims=3, patch_size=(32, 32, 32)
+def test_three_dimensional_maps_use_the_same_code_path(step_3d) -> None:
+    out = step_3d(
+        "pretrain_actionpp",
+        "method.window=16",
+        "method.window_stride=8",
+        "method.window_pool=4",
+        "method.global_dim=16",
+        "method.stage1_steps=0",
     )
-    g = torch.Generator().manual_seed(0)
-    labels = (torch.rand(2, 1, 32, 32, 32, generator=g) > 0.7).long()
-    batch = {
-        "labeled": {"image": torch.randn(2, 1, 32, 32, 32, generator=g), "label": labels},
-        "unlabeled": {"image": torch.randn(2, 1, 32, 32, 32, generator=g)},
-    }
-    cfg = build_config(
-        {"method": {"name": "pretrain_actionpp"}},
-        [
-            "data.spatial_dims=3",
-            "data.patch_size=[32, 32, 32]",
-            "model.features=[4, 4, 8, 8, 16, 4]",
-            f"output={tmp_path}",
-            "method.window=16",
-            "method.window_stride=8",
-            "method.window_pool=4",
-            "method.global_dim=16",
-            "method.stage1_steps=0",
-        ],
-    )
-    method = build_method(cfg, spec)
-    out = method(batch, 0)
-    out["loss"].backward()
-    method.on_step_end(0)
     assert all(math.isfinite(float(v.detach()) if torch.is_tensor(v) else v) for v in out.values())
 
 

@@ -85,7 +85,7 @@ def test_local_stage_leaves_the_encoder_unchanged(hippocampus: Path) -> None:
     assert trainable == {"upcat_4", "upcat_3", "upcat_2"}
 
 
-def test_local_stage_owns_the_window_embedding_the_loss_has_no_state() -> None:
+def test_local_stage_owns_the_window_embedding_the_loss_has_no_state(tmp_path: Path) -> None:
     from medcl.methods import DataSpec
 
     spec = DataSpec(1, 3, ("bg", "a", "b"), 2, (64, 64))
@@ -99,6 +99,16 @@ def test_local_stage_owns_the_window_embedding_the_loss_has_no_state() -> None:
     old = torch.randn_like(state.pop("region_head.linear.weight"))
     method.load_state_dict({**state, "loss_fn.proj.weight": old})
     assert torch.equal(method.region_head.linear.weight, old)
+    # ... and --init from such a checkpoint copies it too (the rename happens before the shape match).
+    from medcl.engine.resume import init_weights
+    from medcl.runtime.checkpoint import save_checkpoint
+
+    cfg = build_config({"method": {"name": "pretrain_local"}}, SMALL)
+    older = torch.randn_like(old)
+    path = save_checkpoint({"model": {**state, "loss_fn.proj.weight": older}}, tmp_path / "old.pt")
+    fresh = build_method(cfg, spec)
+    init_weights(fresh, str(path), cfg)
+    assert torch.equal(fresh.region_head.linear.weight, older)
     means = build_method(
         build_config({"method": {"name": "pretrain_local"}}, [*SMALL, "method.embed_dim=null"]), spec
     )

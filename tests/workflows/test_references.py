@@ -9,40 +9,6 @@ from medcl.workflows.references import references, resolve_stage, substitute, su
 from medcl.workflows.spec import build_workflow
 
 
-def _raw(**changes) -> dict:
-    raw = {
-        "name": "wf",
-        "data": "some/data",
-        "vars": {"steps": 7},
-        "stages": [
-            {"name": "split", "kind": "split", "labeled": 2, "val": 1},
-            {
-                "name": "train",
-                "kind": "train",
-                "config": "configs/hippocampus/demo.yaml",
-                "splits": "${stages.split.splits}",
-                "steps": "${vars.steps}",
-            },
-            {
-                "name": "evaluate",
-                "kind": "evaluate",
-                "model": "${stages.train.model}",
-                "splits": "${stages.split.splits}",
-                "subset": "val",
-            },
-            {
-                "name": "infer",
-                "kind": "infer",
-                "model": "${stages.train.checkpoint}",
-                "input": "${data}/imagesTr/case.nii.gz",
-            },
-        ],
-        "register": {"name": "m", "from": "train"},
-    }
-    raw.update(changes)
-    return raw
-
-
 def test_references_and_escapes() -> None:
     value = {"a": "${vars.x} and $${literal} in ${stages.s.k}", "b": [1, "${data}", {"c": "${vars.y}"}]}
     assert references(value) == ["vars.x", "stages.s.k", "data", "vars.y"]
@@ -88,8 +54,8 @@ def test_static_substitution_and_its_errors() -> None:
         ({"stages.2.name": "split"}, "two stages are named 'split'"),
     ],
 )
-def test_bad_references_name_the_file_and_the_problem(change: dict, message: str) -> None:
-    raw = _raw()
+def test_bad_references_name_the_file_and_the_problem(change: dict, message: str, raw_workflow) -> None:
+    raw = raw_workflow
     for key, value in change.items():
         node = raw
         *parents, last = key.split(".")
@@ -101,8 +67,8 @@ def test_bad_references_name_the_file_and_the_problem(change: dict, message: str
     assert "workflows/broken.yaml" in str(err.value)
 
 
-def test_stage_references_are_resolved_when_the_stage_starts() -> None:
-    wf = build_workflow(_raw(), source="wf.yaml")
+def test_stage_references_are_resolved_when_the_stage_starts(raw_workflow) -> None:
+    wf = build_workflow(raw_workflow, source="wf.yaml")
     train = wf.stage("train")
     assert train.splits == "${stages.split.splits}" and train.steps == 7  # vars: substituted on loading
     resolved = resolve_stage(train, {"split": {"splits": "/x/splits.json"}}, "wf.yaml")

@@ -12,40 +12,6 @@ from medcl.workflows.spec import build_workflow, load_workflow
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _raw(**changes) -> dict:
-    raw = {
-        "name": "wf",
-        "data": "some/data",
-        "vars": {"steps": 7},
-        "stages": [
-            {"name": "split", "kind": "split", "labeled": 2, "val": 1},
-            {
-                "name": "train",
-                "kind": "train",
-                "config": "configs/hippocampus/demo.yaml",
-                "splits": "${stages.split.splits}",
-                "steps": "${vars.steps}",
-            },
-            {
-                "name": "evaluate",
-                "kind": "evaluate",
-                "model": "${stages.train.model}",
-                "splits": "${stages.split.splits}",
-                "subset": "val",
-            },
-            {
-                "name": "infer",
-                "kind": "infer",
-                "model": "${stages.train.checkpoint}",
-                "input": "${data}/imagesTr/case.nii.gz",
-            },
-        ],
-        "register": {"name": "m", "from": "train"},
-    }
-    raw.update(changes)
-    return raw
-
-
 @pytest.mark.parametrize("path", sorted((ROOT / "workflows").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_workflows_validate_without_their_configs(path: Path) -> None:
     wf = load_workflow(path)
@@ -53,9 +19,9 @@ def test_shipped_workflows_validate_without_their_configs(path: Path) -> None:
     assert wf.stages and wf.register_ is not None
 
 
-def test_variables_data_and_set_overrides(tmp_path: Path) -> None:
+def test_variables_data_and_set_overrides(tmp_path: Path, raw_workflow) -> None:
     wf = build_workflow(
-        _raw(),
+        raw_workflow,
         ["vars.steps=3", "stages.train.set.val.every=5", "set.train.device=cpu", "data=other"],
         source="wf.yaml",
     )
@@ -67,12 +33,12 @@ def test_variables_data_and_set_overrides(tmp_path: Path) -> None:
     assert Path(wf.output).is_absolute() and Path(train.config).is_absolute()
 
 
-def test_flag_values_stay_typed() -> None:
+def test_flag_values_stay_typed(raw_workflow) -> None:
     """``medcl run --runs 2024``: a flag's value is a ``(key, value)`` pair, never re-read as YAML (an int)."""
-    wf = build_workflow(_raw(), [("output", "2024"), ("tracking_uri", "yes")], source="wf.yaml")
+    wf = build_workflow(raw_workflow, [("output", "2024"), ("tracking_uri", "yes")], source="wf.yaml")
     assert Path(wf.output).name == "2024" and wf.tracking_uri == "yes"
     with pytest.raises(ConfigError, match="output"):
-        build_workflow(_raw(), ["output=2024"], source="wf.yaml")  # --set reads YAML: 2024 is a number
+        build_workflow(raw_workflow, ["output=2024"], source="wf.yaml")  # --set reads YAML: 2024 is a number
 
 
 @pytest.mark.parametrize(
@@ -83,8 +49,8 @@ def test_flag_values_stay_typed() -> None:
         ({"colour": "red"}, "unknown key 'colour'"),
     ],
 )
-def test_invalid_workflows_name_the_file_and_the_problem(change: dict, message: str) -> None:
-    raw = _raw()
+def test_invalid_workflows_name_the_file_and_the_problem(change: dict, message: str, raw_workflow) -> None:
+    raw = raw_workflow
     for key, value in change.items():
         node = raw
         *parents, last = key.split(".")
@@ -96,6 +62,6 @@ def test_invalid_workflows_name_the_file_and_the_problem(change: dict, message: 
     assert "workflows/broken.yaml" in str(err.value)
 
 
-def test_set_names_unknown_stage() -> None:
+def test_set_names_unknown_stage(raw_workflow) -> None:
     with pytest.raises(ConfigError, match="no stage 'nope' .*split, train, evaluate, infer"):
-        build_workflow(_raw(), ["stages.nope.steps=1"], source="wf.yaml")
+        build_workflow(raw_workflow, ["stages.nope.steps=1"], source="wf.yaml")
