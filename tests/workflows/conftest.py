@@ -38,3 +38,24 @@ def raw_workflow() -> dict:
         "register": {"name": "m", "from": "train"},
     }
     return raw
+
+
+@pytest.fixture
+def refused(raw_workflow: dict):
+    """``refused(change, message)``: the mapping with ``change`` applied (dotted keys, list indices as digits)
+    fails to load with a ConfigError matching ``message`` that names the file."""
+    from medcl.errors import ConfigError
+    from medcl.workflows.spec import build_workflow
+
+    def check(change: dict, message: str) -> None:
+        for key, value in change.items():
+            node = raw_workflow
+            *parents, last = key.split(".")
+            for part in parents:
+                node = node[int(part)] if part.isdigit() else node[part]
+            node[last] = value
+        with pytest.raises(ConfigError, match=message) as err:
+            build_workflow(raw_workflow, source="workflows/broken.yaml")
+        assert "workflows/broken.yaml" in str(err.value)
+
+    return check
