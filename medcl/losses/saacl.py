@@ -111,24 +111,28 @@ def saacl_loss(
     k = F.normalize(keys.detach().float(), dim=1)  # (M, D)
     c = F.normalize(centers.detach().float(), dim=1)  # (K, D)
     filled = key_labels >= 0  # (M,)
-    logits_k = (a @ k.T / tau).masked_fill(~filled.unsqueeze(0), float("-inf"))  # (N, M)
+    # One (N, M) pass: the softmax denominator as a logsumexp over [own key], keys and centers.
     logits_c = a @ c.T / tau  # (N, K)
-    parts = [logits_k, logits_c]
+    parts = [
+        torch.logsumexp((a @ k.T / tau).masked_fill(~filled.unsqueeze(0), float("-inf")), dim=1),  # (N,)
+        torch.logsumexp(logits_c, dim=1),
+    ]
+    # Sum over an anchor's same-class keys of a . k / tau is a . (sum of those keys) / tau: per-class key sums
+    # (K, D) instead of an (N, M) positive mask. Empty slots go to an extra row that no label reads.
+    num_classes = c.shape[0]
+    slot = torch.where(filled, key_labels, num_classes)  # (M,)
+    class_sums = k.new_zeros(num_classes + 1, d).index_add_(0, slot, k)  # (K + 1, D)
+    class_counts = torch.bincount(slot, minlength=num_classes + 1)  # (K + 1,)
+    pos_logit_sum = (a * class_sums[labels]).sum(dim=1) / tau  # (N,)
+    n_pos = class_counts[labels].to(a.dtype)  # (N,)
     if own_keys is not None:
-        own = F.normalize(own_keys.detach().float(), dim=1)  # (N, D)
-        parts.insert(0, (a * own).sum(dim=1, keepdim=True) / tau)  # (N, 1)
-    log_p = torch.log_softmax(torch.cat(parts, dim=1), dim=1)  # (N, [1 +] M + K)
-    offset = 1 if own_keys is not None else 0
-    log_p_k = log_p[:, offset : offset + keys.shape[0]]  # (N, M)
-    log_p_c = log_p[:, offset + keys.shape[0] :]  # (N, K)
-    positive = (labels.unsqueeze(1) == key_labels.unsqueeze(0)) & filled.unsqueeze(0)  # (N, M)
-    # where(): -inf log-probabilities of empty slots must not meet a 0 weight (nan).
-    pos_sum = torch.where(positive, log_p_k, torch.zeros_like(log_p_k)).sum(dim=1)  # (N,)
-    n_pos = positive.sum(dim=1).to(a.dtype)  # (N,)
-    if own_keys is not None:
-        pos_sum = pos_sum + log_p[:, 0]
+        own_logit = (a * F.normalize(own_keys.detach().float(), dim=1)).sum(dim=1) / tau  # (N,)
+        parts.append(own_logit)
+        pos_logit_sum = pos_logit_sum + own_logit
         n_pos = n_pos + 1
-    centre = log_p_c.gather(1, assignment[labels].unsqueeze(1)).squeeze(1)  # (N,)
+    lse = torch.logsumexp(torch.stack(parts, dim=1), dim=1)  # (N,): log of the softmax denominator
+    pos_sum = pos_logit_sum - n_pos * lse  # sum of log p over the positives
+    centre = logits_c.gather(1, assignment[labels].unsqueeze(1)).squeeze(1) - lse  # (N,)
     return (-(pos_sum + lambda_a * centre) / (n_pos + 1)).mean()
 
 

@@ -19,6 +19,12 @@ Stage 3:
 * :class:`RepresentationHead` - on the concatenation of the bottleneck and every decoder map, each resized
   to the output resolution: conv 3x3 (no bias) then conv 1x1, no non-linearity between (the authors'
   ``RepresentationHead``; width 512 in ACTION, 496 in ACTION++ 2D, d = 128 in the ACTION++ paper).
+* :class:`PyramidRepresentationHead` - the same two layers with the 3x3 convolution split by input map and
+  applied at each map's own resolution, the D-channel results resized and summed (``method.rep_head:
+  pyramid``). A convolution over a concatenation is the sum of convolutions over its parts, and resizing is
+  linear and per channel, so for a 1x1 kernel both heads compute the same function; for the 3x3 kernel each
+  map's neighbourhood is taken at its own resolution instead of after upsampling. The wide full-resolution
+  stack is never built: on ACDC 128x128 (496 -> 128 channels) the convolutions cost 16x fewer operations.
 
 Shape letters: B batch, C channels, K classes, S spatial sizes, W windows, D / d_g embedding sizes.
 
@@ -44,11 +50,14 @@ from medcl.precision import mixed_precision
 __all__ = [
     "LatentPredictor",
     "LatentProjection",
+    "PyramidRepresentationHead",
     "RepresentationHead",
     "WindowPredictor",
     "WindowProjection",
     "count_windows",
+    "channels_last",
     "decoder_stack",
+    "resize",
     "window_embeddings",
 ]
 
@@ -176,14 +185,11 @@ def decoder_stack(out: NetOutput, size: Sequence[int], dtype: torch.dtype | None
     Returns:
         Shape: ``(B, C_e + sum_k C_k, *size)``.
     """
-    mode = "bilinear" if len(size) == 2 else "trilinear"
     maps = []
     for fmap in (out.embedding, *out.features.values()):
         if dtype is not None:
             fmap = fmap.to(dtype)
-        if tuple(fmap.shape[2:]) != tuple(size):
-            fmap = F.interpolate(fmap, size=tuple(size), mode=mode, align_corners=False)
-        maps.append(fmap)
+        maps.append(resize(channels_last(fmap), size))  # channels-last: ~10x faster resizing on the CPU
     return torch.cat(maps, dim=1)
 
 
@@ -214,3 +220,64 @@ class RepresentationHead(nn.Module):
                 raise ValueError("RepresentationHead needs the stack's size with a NetOutput")
             x = decoder_stack(x, size, dtype=getattr(self, "compute_dtype", None))
         return self.block(x)
+
+
+class PyramidRepresentationHead(nn.Module):
+    """Per-map conv 3x3 (no bias) at each map's resolution, summed top-down, then conv 1x1.
+
+    The cheap form of :class:`RepresentationHead` (see the module docstring). From the coarsest map to the
+    finest, the running sum is resized to the next map's size and added to that map's convolution (the
+    top-down path of a feature pyramid); maps finer than ``size`` are average-pooled to it first. The maps
+    are processed channels-last, where the CPU's bilinear resize is about 10x faster than channels-first.
+
+    Shape:
+        - Input: a :class:`NetOutput` whose bottleneck and decoder maps have the channels given at construction.
+        - Output: ``(B, D, *size)``, not normalised (the losses normalise).
+    """
+
+    def __init__(self, channels: dict[str, int], out: int, spatial_dims: int) -> None:
+        """One 3x3 convolution per map (``channels``: map name -> channels, ``"embedding"`` the bottleneck)."""
+        super().__init__()
+        conv = Conv[Conv.CONV, spatial_dims]
+        self.convs = nn.ModuleDict(
+            {name: conv(c, out, 3, padding=1, bias=False) for name, c in channels.items()}
+        )
+        self.proj = conv(out, out, 1)
+
+    @mixed_precision
+    def forward(self, x: NetOutput, size: Sequence[int]) -> Tensor:
+        """``NetOutput -> (B, D, *size)``."""
+        size = tuple(size)
+        maps = {"embedding": x.embedding, **x.features}
+        if set(maps) != set(self.convs):
+            raise ValueError(
+                f"PyramidRepresentationHead built for maps {sorted(self.convs)}, got {sorted(maps)}"
+            )
+        dtype = getattr(self, "compute_dtype", None)
+        total: Tensor | None = None
+        for name, fmap in sorted(maps.items(), key=lambda item: math.prod(item[1].shape[2:])):
+            fmap = channels_last(fmap if dtype is None else fmap.to(dtype))
+            if any(a > b for a, b in zip(fmap.shape[2:], size, strict=True)):
+                fmap = _adaptive_avg_pool(fmap, size)
+            y = self.convs[name](fmap)
+            total = y if total is None else y + resize(total, y.shape[2:])
+        assert total is not None
+        return self.proj(resize(total, size))
+
+
+def channels_last(t: Tensor) -> Tensor:
+    """``t`` (4D or 5D) in channels-last memory order: same values, faster CPU resizing."""
+    return t.contiguous(memory_format=torch.channels_last if t.ndim == 4 else torch.channels_last_3d)
+
+
+def resize(t: Tensor, size: Sequence[int]) -> Tensor:
+    """Bi-/trilinear resize of ``(B, C, *S)`` to ``size`` (``align_corners=False``); ``t`` when already there."""
+    if tuple(t.shape[2:]) == tuple(size):
+        return t
+    mode = "bilinear" if len(size) == 2 else "trilinear"
+    return F.interpolate(t, size=tuple(size), mode=mode, align_corners=False)
+
+
+def _adaptive_avg_pool(t: Tensor, size: Sequence[int]) -> Tensor:
+    pool = F.adaptive_avg_pool2d if len(size) == 2 else F.adaptive_avg_pool3d
+    return pool(t, tuple(size))

@@ -90,16 +90,23 @@ def test_zero_weights_skip_terms_mean_teacher_and_action(acdc) -> None:
     assert "anco" in out and "saacl" not in out and out["tau"] == 0.5
 
 
-def test_saacl_batch_denominator_and_rep_scale(acdc) -> None:
+@pytest.mark.parametrize("rep_head", ["stack", "pyramid"])
+def test_saacl_batch_denominator_and_rep_scale(acdc, rep_head) -> None:
     method, samplers, opt = acdc.setup(
         "actionpp",
         *acdc.FAST3,
         "method.saacl.denominator=batch",
         "method.rep_scale=2",
+        f"method.rep_head={rep_head}",
         "method.unsup_weighting=mask",
         "method.inference=teacher",
     )
     assert method.saacl_queue is None and method.inference_network() is method.teacher
+    assert (
+        type(method.rep_head).__name__
+        == {"stack": "RepresentationHead", "pyramid": "PyramidRepresentationHead"}[rep_head]
+    )
+    assert type(method.teacher_rep_head) is type(method.rep_head)
     out = acdc.step(method, opt, acdc.batch(samplers, 0), 0)
     acdc.assert_finite(out, {"anco", "saacl", "unsup"})
     assert method.pending_pushes == []  # no queue, nothing pushed
@@ -117,9 +124,11 @@ def test_unsup_loss_fraction_and_mask_weightings_by_hand(acdc) -> None:
     assert method.unsup_loss(logits, pseudo, conf).item() == pytest.approx(ce[0], rel=1e-6)  # confident only
 
 
-def test_three_dimensional_maps_use_the_same_code_path(step_3d) -> None:
+@pytest.mark.parametrize("rep_head", ["stack", "pyramid"])
+def test_three_dimensional_maps_use_the_same_code_path(step_3d, rep_head) -> None:
     out = step_3d(
         "actionpp",
+        f"method.rep_head={rep_head}",
         "method.rep_dim=16",
         "method.anco.num_queries=32",
         "method.anco.num_negatives=32",

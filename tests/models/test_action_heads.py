@@ -87,3 +87,69 @@ def test_representation_head_stacks_a_net_output_in_the_compute_dtype() -> None:
     assert low.dtype == torch.float32 and torch.allclose(low, ref, atol=0.05 * ref.abs().max().item())
     with pytest.raises(ValueError, match="size"):
         head(out)
+
+
+def _center_tap_only(conv: torch.nn.Conv2d, weight: torch.Tensor) -> None:
+    """Set a 3x3 convolution to a 1x1 one (``weight``: ``(D, C)``) in its center tap."""
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[:, :, 1, 1] = weight
+
+
+def test_pyramid_head_equals_the_stack_head_for_a_pointwise_kernel() -> None:
+    """conv(cat(up(e), f)) = up(conv_e(e)) + conv_f(f) when the kernel is pointwise: resizing is linear."""
+    from medcl.models.action_heads import PyramidRepresentationHead, RepresentationHead
+    from medcl.models.networks import NetOutput
+
+    torch.manual_seed(0)
+    out = NetOutput(logits=torch.zeros(2, 3, 16, 16), features={"scale_1": torch.randn(2, 4, 16, 16)},
+                    embedding=torch.randn(2, 6, 8, 8))  # fmt: skip
+    stack = RepresentationHead(10, 5, 2)
+    pyramid = PyramidRepresentationHead({"embedding": 6, "scale_1": 4}, 5, 2)
+    w = torch.randn(5, 10)
+    _center_tap_only(stack.block[0], w)
+    _center_tap_only(pyramid.convs["embedding"], w[:, :6])  # the stack is [embedding, scale_1]
+    _center_tap_only(pyramid.convs["scale_1"], w[:, 6:])
+    pyramid.proj.load_state_dict(stack.block[1].state_dict())
+    torch.testing.assert_close(pyramid(out, [16, 16]), stack(out, [16, 16]), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("spatial", "size"), [((32, 32), (16, 16)), ((16, 16, 32), (16, 16, 32))])
+def test_pyramid_head_on_a_network_output(spatial, size) -> None:
+    """(B, D, *size) out, every convolution gets a gradient, bf16 inside gives float32 out close to the
+    float32 one; a network whose maps differ from the head's is refused."""
+    from medcl.models.action_heads import PyramidRepresentationHead
+    from medcl.models.networks import build_network
+    from medcl.precision import set_compute_dtype
+
+    torch.manual_seed(0)
+    n = len(spatial)
+    net = build_network(
+        spatial_dims=n, in_channels=1, out_channels=3, name="basicunet", features=[4, 4, 8, 8, 16, 4]
+    )
+    out = net(torch.randn(2, 1, *spatial), return_features=True)
+    channels = {"embedding": out.embedding.shape[1], **{k: f.shape[1] for k, f in out.features.items()}}
+    head = PyramidRepresentationHead(channels, 8, n)
+    rep = head(out, size)
+    assert rep.shape == (2, 8, *size) and rep.dtype == torch.float32
+    rep.square().sum().backward()
+    assert all(c.weight.grad is not None and c.weight.grad.abs().sum() > 0 for c in head.convs.values())
+    set_compute_dtype(head, torch.bfloat16)
+    low = head(out, size)
+    assert low.dtype == torch.float32
+    assert (low - rep).abs().max() <= 0.05 * rep.abs().max()
+    with pytest.raises(ValueError, match="built for maps"):
+        PyramidRepresentationHead({"embedding": 16}, 8, n)(out, size)
+
+
+def test_pyramid_head_pools_maps_finer_than_the_output_and_sums_coarser_ones() -> None:
+    """By hand: size 8x8, an 8x8 bottleneck and a 16x16 map -> proj(conv_e(e) + conv_f(avgpool2(f)))."""
+    from medcl.models.action_heads import PyramidRepresentationHead
+    from medcl.models.networks import NetOutput
+
+    torch.manual_seed(0)
+    e, f = torch.randn(2, 6, 8, 8), torch.randn(2, 4, 16, 16)
+    head = PyramidRepresentationHead({"embedding": 6, "scale_1": 4}, 5, 2)
+    out = NetOutput(logits=torch.zeros(2, 3, 16, 16), features={"scale_1": f}, embedding=e)
+    ref = head.proj(head.convs["embedding"](e) + head.convs["scale_1"](F.avg_pool2d(f, 2)))
+    torch.testing.assert_close(head(out, [8, 8]), ref, atol=1e-5, rtol=1e-5)
