@@ -16,6 +16,9 @@ Parts (``--parts``, default all):
   contrast warm-up, at the precision ``auto`` gives. Target: contrast <= 15% of the step.
 * ``actionpp``: an ACTION++ stage-3 step of ``configs/hippocampus/actionpp.yaml`` vs the mean teacher
   (``anco.weight=0 saacl.weight=0``), at ``auto`` precision. Target: <= 1.5x the mean-teacher step.
+* ``actionpp_acdc``: the same for the shipped ACDC CPU recipe ``configs/acdc/cpu/actionpp.yaml`` (8 + 8
+  whole 128x128 slices of ACDC at 2 x 2 mm), with both representation heads (``method.rep_head`` stack and
+  pyramid) and the mean teacher of ``configs/acdc/cpu/mean_teacher.yaml``.
 
 Variants of a part are interleaved for ``--rounds`` rounds (every variant once per round, in turn) and the
 median seconds per step over rounds is reported with the ratios.
@@ -224,6 +227,36 @@ def supervised_part(name: str, args: argparse.Namespace, device: torch.device, o
     }
 
 
+def actionpp_acdc_part(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """The shipped ACDC CPU ACTION++ recipe with each representation head vs its mean-teacher ablation."""
+    config, data = REPO / "configs/acdc/cpu/actionpp.yaml", DATA / "ACDC"
+    common = [f"train.device={device.type}", "data.cache=none"]
+    cfg, spec, batches = setup(config, data, common, n_cases=args.cases)
+    variants = {
+        head: load_config(config, ["data.num_workers=0", *common, f"method.rep_head={head}"])
+        for head in ("stack", "pyramid")
+    }
+    variants["mean_teacher"] = load_config(
+        config, ["data.num_workers=0", *common, "method.anco.weight=0", "method.saacl.weight=0"]
+    )
+    pre = [batches[s] for s in range(args.steps)]
+    times = interleave(
+        {name: (lambda c=c: method_step_loop(c, spec, pre, device, 10)) for name, c in variants.items()},
+        args.rounds,
+    )
+    base = times["mean_teacher"]
+    return {
+        "protocol": f"{config.relative_to(REPO)} on {data.name}, batch {cfg.data.batch_size} labeled + "
+        f"{cfg.data.unlabeled_batch_size} unlabeled {list(cfg.data.patch_size)} slices, rep_scale "
+        f"{cfg.method.rep_scale}, {args.steps} steps x {args.rounds} rounds, precision "
+        f"{resolve_precision('auto', device).name}",
+        "s_per_step": {k: round(v, 4) for k, v in times.items()},
+        "stack_vs_mean_teacher": round(times["stack"] / base, 3),
+        "pyramid_vs_mean_teacher": round(times["pyramid"] / base, 3),
+        "target": "<= 1.5",
+    }
+
+
 def contrast_part(name: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     data = DATA / "Task04_Hippocampus"
     common = [f"train.device={device.type}"]
@@ -268,7 +301,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parts = ["supervised2d", "supervised3d", "mcsc", "actionpp"]
+    parts = ["supervised2d", "supervised3d", "mcsc", "actionpp", "actionpp_acdc"]
     parser.add_argument("--parts", nargs="+", choices=parts, default=parts)
     parser.add_argument("--steps", type=int, default=30, help="timed steps per variant and round")
     parser.add_argument("--rounds", type=int, default=3)
@@ -291,6 +324,8 @@ def main() -> None:
         for part in args.parts:
             if part.startswith("supervised"):
                 report[part] = supervised_part(part, args, device, Path(tmp))
+            elif part == "actionpp_acdc":
+                report[part] = actionpp_acdc_part(args, device)
             else:
                 report[part] = contrast_part(part, args, device)
             print(json.dumps({part: report[part]}, indent=1), flush=True)
