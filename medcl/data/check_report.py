@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from medcl.data.cases import DatasetInfo
 from medcl.errors import DataError
+from medcl.runtime.files import write_text_atomic
 
 __all__ = ["CaseReport", "Problem", "format_report", "reports_to_dict", "write_report_json"]
 
@@ -128,15 +129,14 @@ def reports_to_dict(reports: Sequence[CaseReport], info: DatasetInfo) -> dict[st
 
 
 def write_report_json(reports: Sequence[CaseReport], info: DatasetInfo, path: str | Path) -> None:
-    """Write :func:`reports_to_dict` to ``path`` (its folder is created if needed).
+    """Write :func:`reports_to_dict` to ``path`` atomically (its folder is created if needed).
 
     Raises:
         DataError: The file cannot be written.
     """
     path = Path(path).expanduser()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(reports_to_dict(reports, info), indent=1) + "\n", encoding="utf-8")
+        write_text_atomic(path, json.dumps(reports_to_dict(reports, info), indent=1) + "\n")
     except OSError as err:
         raise DataError(f"Cannot write report {path}: {err.strerror or err}.") from err
 

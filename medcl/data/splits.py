@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import re
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from typing import Any
 import medcl
 from medcl.data.dataset import DatasetInfo
 from medcl.errors import ConfigError, DataError
+from medcl.runtime.files import write_text_atomic
 
 SUBSETS = ("labeled", "unlabeled", "val", "test")
 _MEDCL_KEYS = (*SUBSETS, "meta")
@@ -120,13 +120,9 @@ class Splits:
             DataError: The file cannot be written.
         """
         path = Path(path).expanduser()
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n", encoding="utf-8")
-            os.replace(tmp, path)
+            write_text_atomic(path, json.dumps(self.to_dict(), indent=1) + "\n")
         except OSError as err:
-            tmp.unlink(missing_ok=True)
             raise DataError(f"Cannot write splits file {path}: {err.strerror or err}.") from err
         self.path = path
 

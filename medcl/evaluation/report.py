@@ -24,7 +24,6 @@ import csv
 import io
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -34,6 +33,7 @@ import numpy as np
 from medcl.errors import DataError
 from medcl.evaluation.metrics import ClassMetrics, EmptyPolicy
 from medcl.evaluation.uncertainty import CaseUncertainty, case_error_spearman
+from medcl.runtime.files import write_text_atomic
 
 __all__ = [
     "CSV_COLUMNS",
@@ -342,11 +342,7 @@ def _csv_number(value: float) -> str | float:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        write_text_atomic(path, text)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         raise DataError(f"Cannot write {path}: {err.strerror or err}.") from err

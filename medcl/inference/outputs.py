@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 
 from medcl.data.io import read_sitk
-from medcl.runtime.checkpoint import atomic_tempfile
+from medcl.runtime.files import atomic_tempfile
 
 #: Suffixes written through nibabel (header kept); any other goes through SimpleITK.
 NIFTI_SUFFIXES = (".nii.gz", ".nii")

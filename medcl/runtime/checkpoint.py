@@ -12,7 +12,6 @@ import errno
 import os
 import random
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 
 from medcl.errors import MedclError
+from medcl.runtime.files import atomic_tempfile
 
 FORMAT = "medcl-checkpoint/1"
 
@@ -63,22 +63,6 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
             "(the previous checkpoint at that path, if any, is unchanged)"
         ) from os_error
     return path
-
-
-def atomic_tempfile(target: Path, suffix: str) -> tuple[int, str]:
-    """An open temporary file beside ``target`` for write-then-rename, with the mode a plain ``open`` gives.
-
-    ``tempfile.mkstemp`` creates files readable by their owner only (0600), which the rename would carry over
-    to the checkpoint or mask; the file is set to ``0666 & ~umask`` instead (0644 under the usual umask 022).
-
-    Returns:
-        ``(fd, path)`` as ``mkstemp`` returns them (name ``.<target name>.<random><suffix>``).
-    """
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
-    umask = os.umask(0o022)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)
-    return fd, tmp
 
 
 def _os_error(exc: BaseException) -> OSError | None:

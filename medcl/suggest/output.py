@@ -7,6 +7,7 @@ uncertainty, the map overlaid in red to yellow, with its rank, id and score.
 from __future__ import annotations
 
 import csv
+import io
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import numpy as np
 
 from medcl.data.splits import Splits
 from medcl.errors import DataError
+from medcl.runtime.files import write_text_atomic
 from medcl.suggest.ranking import MONTAGE_CASES, SuggestResult
 
 __all__ = ["CSV_COLUMNS", "montage", "updated_splits", "write_csv"]
@@ -24,26 +26,22 @@ CSV_COLUMNS = ("rank", "case", "score", "suggested", "strategy", "model_run", "c
 
 def write_csv(result: SuggestResult, path: str | Path) -> Path:
     """The ranking as CSV: one row per group, :data:`CSV_COLUMNS`; ``cases`` joins members with ``;``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(CSV_COLUMNS)
-        for r in result.rows:
-            writer.writerow(
-                [
-                    r.rank,
-                    r.case,
-                    "" if r.score is None else f"{r.score:.6g}",
-                    int(r.suggested),
-                    result.strategy,
-                    result.model_run or result.model,
-                    ";".join(r.cases),
-                ]
-            )
-    tmp.replace(path)
-    return path
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(CSV_COLUMNS)
+    for r in result.rows:
+        writer.writerow(
+            [
+                r.rank,
+                r.case,
+                "" if r.score is None else f"{r.score:.6g}",
+                int(r.suggested),
+                result.strategy,
+                result.model_run or result.model,
+                ";".join(r.cases),
+            ]
+        )
+    return write_text_atomic(path, buffer.getvalue())
 
 
 def updated_splits(splits: Splits, result: SuggestResult) -> Splits:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medcl.errors import MedclError
+from medcl.runtime.files import write_text_atomic
 
 if TYPE_CHECKING:
     from medcl.workflows.spec import Workflow
@@ -52,18 +53,7 @@ def read_state(path: Path) -> dict[str, Any]:
 def write_state(path: Path, state: dict[str, Any]) -> None:
     """Write the state atomically (temporary file in the same folder, fsync, rename)."""
     state["updated"] = now()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(state, f, indent=1)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, json.dumps(state, indent=1) + "\n")
 
 
 def new_state(
