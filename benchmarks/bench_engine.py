@@ -18,7 +18,8 @@ Parts (``--parts``, default all):
   (``anco.weight=0 saacl.weight=0``), at ``auto`` precision. Target: <= 1.5x the mean-teacher step.
 * ``actionpp_acdc``: the same for the shipped ACDC CPU recipe ``configs/acdc/cpu/actionpp.yaml`` (8 + 8
   whole 128x128 slices of ACDC at 2 x 2 mm), with both representation heads (``method.rep_head`` stack and
-  pyramid) and the mean teacher of ``configs/acdc/cpu/mean_teacher.yaml``.
+  pyramid) and its mean teacher (``anco.weight=0 saacl.weight=0``, the ablation
+  ``configs/acdc/cpu/mean_teacher.yaml`` is), timed on the same batches.
 
 Variants of a part are interleaved for ``--rounds`` rounds (every variant once per round, in turn) and the
 median seconds per step over rounds is reported with the ratios.

@@ -66,6 +66,21 @@ MINI_IDS = ("hippocampus_001", "hippocampus_004", "hippocampus_006")
 
 
 @pytest.fixture
+def image_folder(hippocampus: Path, tmp_path: Path):
+    """Factory: ``make(ids, name)`` -> ``tmp_path / name`` holding copies of those real Hippocampus images."""
+    import shutil
+
+    def make(ids, name: str = "in") -> Path:
+        folder = tmp_path / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for case_id in ids:
+            shutil.copy(hippocampus / "imagesTr" / f"{case_id}.nii.gz", folder)
+        return folder
+
+    return make
+
+
+@pytest.fixture
 def mini(hippocampus: Path, tmp_path: Path) -> Path:
     """MSD-layout copy of three real Hippocampus cases, for tests that break or extend a dataset."""
     import json

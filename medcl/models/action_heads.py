@@ -55,9 +55,7 @@ __all__ = [
     "WindowPredictor",
     "WindowProjection",
     "count_windows",
-    "channels_last",
     "decoder_stack",
-    "resize",
     "window_embeddings",
 ]
 
@@ -189,7 +187,7 @@ def decoder_stack(out: NetOutput, size: Sequence[int], dtype: torch.dtype | None
     for fmap in (out.embedding, *out.features.values()):
         if dtype is not None:
             fmap = fmap.to(dtype)
-        maps.append(resize(channels_last(fmap), size))  # channels-last: ~10x faster resizing on the CPU
+        maps.append(_resize(_channels_last(fmap), size))  # channels-last: ~10x faster resizing on the CPU
     return torch.cat(maps, dim=1)
 
 
@@ -256,28 +254,23 @@ class PyramidRepresentationHead(nn.Module):
         dtype = getattr(self, "compute_dtype", None)
         total: Tensor | None = None
         for name, fmap in sorted(maps.items(), key=lambda item: math.prod(item[1].shape[2:])):
-            fmap = channels_last(fmap if dtype is None else fmap.to(dtype))
+            fmap = _channels_last(fmap if dtype is None else fmap.to(dtype))
             if any(a > b for a, b in zip(fmap.shape[2:], size, strict=True)):
-                fmap = _adaptive_avg_pool(fmap, size)
+                fmap = Pool[Pool.ADAPTIVEAVG, len(size)](size)(fmap)
             y = self.convs[name](fmap)
-            total = y if total is None else y + resize(total, y.shape[2:])
+            total = y if total is None else y + _resize(total, y.shape[2:])
         assert total is not None
-        return self.proj(resize(total, size))
+        return self.proj(_resize(total, size))
 
 
-def channels_last(t: Tensor) -> Tensor:
+def _channels_last(t: Tensor) -> Tensor:
     """``t`` (4D or 5D) in channels-last memory order: same values, faster CPU resizing."""
     return t.contiguous(memory_format=torch.channels_last if t.ndim == 4 else torch.channels_last_3d)
 
 
-def resize(t: Tensor, size: Sequence[int]) -> Tensor:
+def _resize(t: Tensor, size: Sequence[int]) -> Tensor:
     """Bi-/trilinear resize of ``(B, C, *S)`` to ``size`` (``align_corners=False``); ``t`` when already there."""
     if tuple(t.shape[2:]) == tuple(size):
         return t
     mode = "bilinear" if len(size) == 2 else "trilinear"
     return F.interpolate(t, size=tuple(size), mode=mode, align_corners=False)
-
-
-def _adaptive_avg_pool(t: Tensor, size: Sequence[int]) -> Tensor:
-    pool = F.adaptive_avg_pool2d if len(size) == 2 else F.adaptive_avg_pool3d
-    return pool(t, tuple(size))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 from pathlib import Path
 
 import mlflow
@@ -64,7 +63,7 @@ def test_suggest_writes_csv_montage_splits_and_a_nested_mlflow_run(
     assert "exists; pass --overwrite" in capsys.readouterr().err
 
 
-def test_suggest_bad_inputs(hippocampus: Path, tmp_path: Path, tiny_checkpoint, capsys) -> None:
+def test_suggest_bad_inputs(hippocampus: Path, tmp_path: Path, tiny_checkpoint, image_folder, capsys) -> None:
     ckpt = tiny_checkpoint(tmp_path / "model.pt")
     splits = splits_file(tmp_path)
     base = ["suggest", "--model", str(ckpt), "--data", str(hippocampus), "--splits", str(splits), "--no-tracking",
@@ -89,10 +88,7 @@ def test_suggest_bad_inputs(hippocampus: Path, tmp_path: Path, tiny_checkpoint, 
     assert not (hippocampus / "s.csv").exists()
     capsys.readouterr()
     # Random needs no scoring pass over the pool; a plain image folder is a pool too.
-    folder = tmp_path / "scans"
-    folder.mkdir()
-    for i in IDS[:3]:
-        shutil.copy(hippocampus / "imagesTr" / f"{i}.nii.gz", folder)
+    folder = image_folder(IDS[:3], "scans")
     argv = ["suggest", "--model", str(ckpt), "--data", str(folder), "--budget", "2", "--strategy", "random",
             "--no-tracking", "--no-progress", "-o", str(tmp_path / "r.csv")]  # fmt: skip
     assert main(argv) == 0
@@ -100,12 +96,9 @@ def test_suggest_bad_inputs(hippocampus: Path, tmp_path: Path, tiny_checkpoint, 
     assert sorted(r["case"] for r in rows) == IDS[:3] and {r["score"] for r in rows} == {""}
 
 
-def test_infer_uncertainty_beside_each_mask(hippocampus: Path, tmp_path: Path, tiny_checkpoint) -> None:
+def test_infer_uncertainty_beside_each_mask(tmp_path: Path, tiny_checkpoint, image_folder) -> None:
     ckpt = tiny_checkpoint(tmp_path / "model.pt")
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    for i in IDS[:2]:
-        shutil.copy(hippocampus / "imagesTr" / f"{i}.nii.gz", inputs)
+    inputs = image_folder(IDS[:2])
     out = tmp_path / "masks"
     argv = ["infer", "--model", str(ckpt), "--input", str(inputs), "--output", str(out), "--uncertainty",
             "--no-progress"]  # fmt: skip

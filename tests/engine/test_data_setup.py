@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -34,13 +33,9 @@ def cfg_of(method: str, *overrides: str):
 
 
 @pytest.fixture
-def extra(hippocampus: Path, tmp_path: Path) -> Path:
+def extra(image_folder) -> Path:
     """A folder of two real unlabeled images (``--unlabeled``)."""
-    folder = tmp_path / "extra"
-    folder.mkdir()
-    for case_id in EXTRA:
-        shutil.copy(hippocampus / "imagesTr" / f"{case_id}.nii.gz", folder)
-    return folder
+    return image_folder(EXTRA, "extra")
 
 
 def test_splits_file_then_data_labeled(hippocampus: Path, small_splits: Path) -> None:

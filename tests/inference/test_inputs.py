@@ -12,13 +12,9 @@ from medcl.inference.inputs import collect_inputs
 
 
 @pytest.fixture
-def images(hippocampus: Path, tmp_path: Path) -> Path:
+def images(image_folder) -> Path:
     """A folder with two real Hippocampus images."""
-    folder = tmp_path / "in"
-    folder.mkdir()
-    for case_id in ("hippocampus_001", "hippocampus_004"):
-        shutil.copy(hippocampus / "imagesTr" / f"{case_id}.nii.gz", folder)
-    return folder
+    return image_folder(["hippocampus_001", "hippocampus_004"])
 
 
 def test_a_file_given_twice_is_named(images: Path, monkeypatch: pytest.MonkeyPatch) -> None:

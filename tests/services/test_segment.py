@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import mlflow
@@ -26,12 +25,8 @@ def predictor(tiny_checkpoint, tmp_path: Path):
 
 
 @pytest.fixture
-def inputs(hippocampus: Path, tmp_path: Path) -> Path:
-    folder = tmp_path / "in"
-    folder.mkdir()
-    for case in IDS:
-        shutil.copy(hippocampus / "imagesTr" / f"{case}.nii.gz", folder)
-    return folder
+def inputs(image_folder) -> Path:
+    return image_folder(IDS)
 
 
 def test_uncertainty_path_keeps_the_mask_format() -> None:
