@@ -21,6 +21,8 @@ Rows (each included only where its method is registered and, with ``--recipes cp
 
 * ``supervised``: the supervised baseline on the labeled cases.
 * ``fixmatch``: one network, weak-to-strong consistency on the unlabeled slices (``fixmatch.yaml``).
+* ``fixmatch-fp``: FixMatch plus UniMatch's feature-perturbation stream (``method.fp_dropout``; cpu recipe
+  ``fixmatch_fp.yaml``).
 * ``chaitanya``: G^D then L^R pretraining once on every training-pool image (labels never read), then the
   supervised recipe initialised from it (``pretrain_global.yaml``, ``pretrain_local.yaml``, then
   ``supervised.yaml`` with ``init``: the same optimiser, augmentation and budget as the supervised row).
@@ -89,6 +91,12 @@ ROWS: dict[str, Row] = {
         "supervised.yaml", "pretrain_local", init="chaitanya", label="Chaitanya G^D+L fine-tune"
     ),
     "fixmatch": Row("fixmatch.yaml", "fixmatch", label="FixMatch (one network, weak-to-strong)"),
+    "fixmatch-fp": Row(
+        "fixmatch.yaml",
+        "fixmatch",
+        ("method.fp_dropout=0.5",),
+        label="FixMatch + feature perturbation (UniMatch FP)",
+    ),
     "mcsc": Row("mcsc.yaml", "mcsc", label="MCSC"),
     "cross-teaching": Row(
         "mcsc.yaml", "mcsc", ("method.contrast_weight=0",), label="cross teaching (MCSC, no contrast)"
@@ -133,7 +141,11 @@ def fmt(values: list[float], digits: int = 3) -> str:
     return f"{mean:.{digits}f}" + (f" ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else "")
 
 
-def markdown(table: dict[str, dict[int, Cell]], labels: list[int], unit: str) -> str:
+def markdown(
+    table: dict[str, dict[int, Cell]], labels: list[int], unit: str, bound: tuple[int, Cell] | None = None
+) -> str:
+    """The table, one row per method, one column per labeled count; ``bound`` (the all-labeled
+    supervised run) as a line below it."""
     head = "| method | " + " | ".join(f"N = {n}" for n in labels) + " |"
     lines = [head, "|---" * (len(labels) + 1) + "|"]
     for row, cells in table.items():
@@ -143,6 +155,10 @@ def markdown(table: dict[str, dict[int, Cell]], labels: list[int], unit: str) ->
             hd = f" ({fmt(c.hd95, 2)} {unit})" if c.hd95 else ""
             parts.append(f"{fmt(c.dice)}{hd}")
         lines.append(f"| {ROWS[row].label} | " + " | ".join(parts) + " |")
+    if bound is not None:
+        n, c = bound
+        hd = f" ({fmt(c.hd95, 2)} {unit})" if c.hd95 else ""
+        lines.append(f"\nUpper bound, supervised only with all {n} labeled: {fmt(c.dice)}{hd}")
     return "\n".join(lines)
 
 
@@ -204,8 +220,15 @@ def prepare_acdc(dest: Path, spacing: tuple[float, float, float] = (2.0, 2.0, 1.
     print(f"ACDC at {spacing} mm in {out}")
 
 
-def figure(table: dict[str, dict[int, Cell]], labels: list[int], path: Path, title: str) -> None:
-    """Label-efficiency curve: mean Dice (+- sd) vs labeled count, supervised-only dashed."""
+def figure(
+    table: dict[str, dict[int, Cell]],
+    labels: list[int],
+    path: Path,
+    title: str,
+    bound: tuple[int, Cell] | None = None,
+) -> None:
+    """Label-efficiency curve: mean Dice (+- sd) vs labeled count, supervised-only dashed, and ``bound`` (the
+    supervised run with every training case labeled) as a dashed horizontal line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -220,6 +243,9 @@ def figure(table: dict[str, dict[int, Cell]], labels: list[int], path: Path, tit
         sds = [statistics.stdev(cells[n].dice) if len(cells[n].dice) > 1 else 0.0 for n in ns]
         style = "--" if row == "supervised" else "-"
         ax.errorbar(ns, means, yerr=sds, fmt=f"{style}o", capsize=3, label=ROWS[row].label)
+    if bound is not None and bound[1].dice:
+        n, c = bound
+        ax.axhline(statistics.mean(c.dice), color="0.4", ls="--", lw=1, label=f"supervised, all {n} labeled")
     ax.set_xlabel("labeled count")
     ax.set_ylabel("mean foreground Dice (val)")
     ax.set_xscale("log")
@@ -234,11 +260,28 @@ def figure(table: dict[str, dict[int, Cell]], labels: list[int], path: Path, tit
 
 
 def rebuild(
-    files: list[Path], labels: list[int] | None, rows: list[str] | None, out: Path, dataset: str
+    files: list[Path],
+    labels: list[int] | None,
+    rows: list[str] | None,
+    out: Path,
+    dataset: str,
+    bound: int | None = None,
 ) -> None:
-    """Table (markdown) and figure from the ``cells.jsonl`` of one or more runs (skipped cells ignored)."""
+    """Table (markdown) and figure from the ``cells.jsonl`` of one or more runs (skipped cells ignored).
+
+    ``bound``: the labeled count of the all-labeled supervised cells, shown as the upper bound line.
+    """
     records = [json.loads(line) for f in files for line in f.read_text().splitlines() if line.strip()]
     records = [r for r in records if not r.get("skipped") and r.get("row") in ROWS]
+    bound_cell = None
+    if bound is not None:
+        bound_cell = (bound, Cell())
+        for r in records:
+            if r["row"] == "supervised" and r["n"] == bound:
+                bound_cell[1].dice.append(r["dice"])
+                if r.get("hd95") is not None:
+                    bound_cell[1].hd95.append(r["hd95"])
+        records = [r for r in records if r["n"] != bound]
     labels = labels or sorted({r["n"] for r in records})
     rows = rows or [row for row in ROWS if any(r["row"] == row for r in records)]
     table = {row: {n: Cell() for n in labels} for row in rows}
@@ -249,9 +292,15 @@ def rebuild(
             if r.get("hd95") is not None:
                 cell.hd95.append(r["hd95"])
             cell.seconds.append(r["seconds"])
-    md = markdown(table, labels, "voxels" if dataset == "acdc" else "mm")
+    md = markdown(table, labels, "voxels" if dataset == "acdc" else "mm", bound_cell)
     out.mkdir(parents=True, exist_ok=True)
-    figure(table, labels, out / f"accuracy-{dataset}.png", f"{dataset}: {len(records)} runs, best validation")
+    figure(
+        table,
+        labels,
+        out / f"accuracy-{dataset}.png",
+        f"{dataset}: {len(records)} runs, best validation",
+        bound_cell,
+    )
     (out / f"accuracy-{dataset}.md").write_text(md + "\n")
     print(md)
     print(f"figure: {out / f'accuracy-{dataset}.png'}")
@@ -304,6 +353,12 @@ def main() -> None:
         help="no training: rebuild the table and figure from cells.jsonl files of earlier runs",
     )
     parser.add_argument(
+        "--bound",
+        type=int,
+        metavar="N",
+        help="with --from-cells: the supervised cells at N labeled are the all-labeled upper bound (a dashed line)",
+    )
+    parser.add_argument(
         "--other-label-rows",
         nargs="+",
         help="rows trained at the labeled counts after the first (default: all)",
@@ -313,7 +368,7 @@ def main() -> None:
         prepare_acdc(args.prepare)
         return
     if args.from_cells:
-        rebuild(args.from_cells, args.labels, args.rows, Path(args.output), args.dataset)
+        rebuild(args.from_cells, args.labels, args.rows, Path(args.output), args.dataset, args.bound)
         return
 
     spec = DATASETS[args.dataset]

@@ -9,8 +9,12 @@ has a single forward entry point, because under ``DistributedDataParallel`` only
   keyed by their downsampling factor (``"scale_1"`` full resolution, ``"scale_2"``, ``"scale_4"``, ...,
   finest first) and the encoder bottleneck ``embedding`` (what contrastive methods project and contrast).
 
-Features are captured by forward hooks registered once on named MONAI submodules; MONAI's code is not
-copied or forked. The hooks only write while a feature call is running, so the plain call pays one
+* ``net(x, perturb=FeatureDropout(p, start))`` drops whole channels (probability ``p``) of every encoder
+  feature map the decoder reads (the bottleneck and each skip connection), for the samples ``start:`` of the
+  batch only: UniMatch's feature-perturbation stream, in the same forward as the clean samples.
+
+Features are captured (and perturbed) by hooks registered once on named MONAI submodules; MONAI's code is not
+copied or forked. The hooks only act while a feature or perturbed call is running, so the plain call pays one
 attribute check per hooked block and keeps no tensors alive.
 
 Shape letters used below: B batch, C channels, K classes (``out_channels``), S spatial sizes (H, W or
@@ -30,7 +34,7 @@ from torch import Tensor, nn
 from medcl.errors import ConfigError
 from medcl.precision import mixed_precision
 
-__all__ = ["NetOutput", "SegNet"]
+__all__ = ["FeatureDropout", "NetOutput", "SegNet"]
 
 # Readable network names for error messages.
 _LABELS = {"basicunet": "BasicUNet", "unet": "UNet", "swinunetr": "SwinUNETR"}
@@ -63,8 +67,47 @@ class NetOutput:
         return next(iter(self.features.values()))
 
 
+@dataclass(frozen=True)
+class FeatureDropout:
+    """Channel dropout of the encoder features the decoder reads, for part of a batch (UniMatch's FP stream).
+
+    Every encoder map that enters the decoder (the bottleneck, and each skip connection) has whole channels
+    zeroed with probability ``p`` and the rest scaled by ``1 / (1 - p)``, independently per sample and map,
+    for the samples ``start:`` of the batch; samples ``:start`` go through untouched. The encoder itself runs
+    on clean features (the drop acts where the decoder reads them, as UniMatch perturbs its encoder's outputs).
+
+    Attributes:
+        p: Drop probability of a channel, in ``[0, 1)`` (UniMatch: 0.5).
+        start: First perturbed sample of the batch.
+        generator: Random source of the masks (a step's :func:`medcl.data.mixing.step_generator`, so a
+            resumed run draws the same masks); None uses torch's global generator.
+    """
+
+    p: float
+    start: int = 0
+    generator: torch.Generator | None = None
+
+    def __post_init__(self) -> None:
+        """Refuse a probability outside ``[0, 1)`` (1 would divide by zero) and a negative start."""
+        if not 0.0 <= self.p < 1.0:
+            raise ValueError(f"feature dropout p must be in [0, 1); got {self.p}.")
+        if self.start < 0:
+            raise ValueError(f"feature dropout start must be >= 0; got {self.start}.")
+
+    def __call__(self, t: Tensor) -> Tensor:
+        """``t`` with samples ``start:`` channel-dropped. Shape: ``(B, C, *S)``, as ``t``; a new tensor."""
+        tail = t[self.start :]
+        if self.p == 0.0 or tail.shape[0] == 0:
+            return t
+        # One keep/drop draw per (sample, channel), broadcast over space; drawn in fp32 on t's device.
+        shape = (tail.shape[0], tail.shape[1]) + (1,) * (t.ndim - 2)
+        keep = torch.rand(shape, generator=self.generator, device=t.device) >= self.p
+        scaled = tail * (keep.to(t.dtype) / (1.0 - self.p))
+        return torch.cat([t[: self.start], scaled])
+
+
 class _Recorder:
-    """Per-network capture state shared by that network's hooks.
+    """Per-network capture (and perturbation) state shared by that network's hooks.
 
     The hooks hold this object, never the :class:`SegNet` or a closure, so ``copy.deepcopy`` (an EMA
     teacher) gives the copy its own recorder and ``torch.save``/pickle of the bare ``net`` works.
@@ -76,26 +119,59 @@ class _Recorder:
         self.active = False
         # Filled by the hooks during a feature call; swapped for a fresh dict at its end.
         self.store: dict[str, Tensor] = {}
+        # Set only while a ``perturb=`` call runs.
+        self.perturb: FeatureDropout | None = None
 
 
 class _CaptureHook:
     """A forward hook that stores its module's output under ``key`` while the recorder is active."""
 
-    def __init__(self, recorder: _Recorder, key: str) -> None:
+    def __init__(self, recorder: _Recorder, key: str, *, bottleneck: bool = False) -> None:
         """Remember where to write.
 
         Args:
             recorder: The owning network's capture state.
             key: Name of the hooked submodule inside the MONAI network.
+            bottleneck: Whether this is the encoder's bottleneck (perturbed by a ``perturb=`` call).
         """
         self.recorder = recorder
         self.key = key
+        self.bottleneck = bottleneck
 
-    def __call__(self, module: nn.Module, args: tuple[Any, ...], output: Tensor) -> None:
-        """Store ``output`` when capturing; otherwise do nothing (the fast path's only cost)."""
+    def __call__(self, module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor | None:
+        """Store ``output`` when capturing; otherwise do nothing (the fast path's only cost).
+
+        On the bottleneck hook during a perturbed call, also return the perturbed output, which replaces
+        the module's (torch's forward-hook contract); the stored feature is the clean one.
+        """
         if self.recorder.active:
             # Keep the graph: feature losses must reach the encoder.
             self.recorder.store[self.key] = output
+        if self.bottleneck and self.recorder.perturb is not None:
+            return self.recorder.perturb(output)
+        return None
+
+
+class _SkipPerturbHook:
+    """A forward pre-hook on a decoder block that perturbs the encoder features among its inputs.
+
+    A block called with several tensors (BasicUNet's ``UpCat(x, skip)``, SwinUNETR's ``UnetrUpBlock(x, skip)``)
+    gets every input after the first perturbed: the skip connections; the first is the decoder's own path.
+    A block called with one tensor (MONAI UNet's up blocks read skip and decoder path concatenated) gets it
+    perturbed whole.
+    """
+
+    def __init__(self, recorder: _Recorder) -> None:
+        """Share the network's state (see :class:`_CaptureHook`)."""
+        self.recorder = recorder
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        """The perturbed inputs during a perturbed call; None (inputs unchanged) otherwise."""
+        perturb = self.recorder.perturb
+        if perturb is None:
+            return None
+        first = 1 if len(args) > 1 else 0
+        return tuple(perturb(a) if i >= first and isinstance(a, Tensor) else a for i, a in enumerate(args))
 
 
 class SegNet(nn.Module):
@@ -163,7 +239,11 @@ class SegNet(nn.Module):
         for key in (*self._decoder_layers, embedding_layer):
             if key not in modules:
                 raise ValueError(f"{_LABELS.get(name, name)} has no submodule named {key!r} to hook.")
-            modules[key].register_forward_hook(_CaptureHook(self._recorder, key))
+            modules[key].register_forward_hook(
+                _CaptureHook(self._recorder, key, bottleneck=key == embedding_layer)
+            )
+        for key in self._decoder_layers:
+            modules[key].register_forward_pre_hook(_SkipPerturbHook(self._recorder))
 
     def check_spatial_shape(self, spatial_shape: Sequence[int]) -> None:
         """Raise if the network cannot take an input of this spatial size.
@@ -206,13 +286,17 @@ class SegNet(nn.Module):
             )
 
     @mixed_precision
-    def forward(self, x: Tensor, return_features: bool = False) -> Tensor | NetOutput:
+    def forward(
+        self, x: Tensor, return_features: bool = False, perturb: FeatureDropout | None = None
+    ) -> Tensor | NetOutput:
         """Run the network; optionally also return decoder features and the bottleneck.
 
         Args:
             x: The input image batch. Shape: ``(B, in_channels, *S)``.
             return_features: False (fast path) returns the logits tensor only; True returns a
                 :class:`NetOutput`.
+            perturb: Drop channels of the encoder features the decoder reads, for the samples
+                ``perturb.start:`` (:class:`FeatureDropout`); None (default) perturbs nothing.
 
         Returns:
             The logits ``(B, K, *S)``, or a :class:`NetOutput` holding them plus ``features`` and
@@ -223,6 +307,16 @@ class SegNet(nn.Module):
         """
         # x: (B, in_channels, *S); checked first so MONAI's deep stack trace never shows up.
         self.check_spatial_shape(x.shape[2:])
+        if perturb is not None:
+            self._recorder.perturb = perturb
+            try:
+                return self._forward(x, return_features)
+            finally:
+                self._recorder.perturb = None
+        return self._forward(x, return_features)
+
+    def _forward(self, x: Tensor, return_features: bool) -> Tensor | NetOutput:
+        """:meth:`forward` once the input is checked and any perturbation is in place."""
         if not return_features:
             # (B, K, *S), straight from MONAI; the hooks see active=False and write nothing.
             return self.net(x)

@@ -171,3 +171,38 @@ def test_withheld_labels_of_unlabeled_cases_give_train_pseudo_dice_and_no_loss_r
     a = torch.load(runs[True].last_checkpoint, weights_only=True)["model"]
     b = torch.load(runs[False].last_checkpoint, weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_feature_perturbation_stream_adds_a_third_view_weighted_against_the_strong_one(
+    acdc_volumes, tmp_path
+) -> None:
+    info, lab, unl = acdc_volumes
+    overrides = [*SMALL, f"output={tmp_path}", "method.threshold=0.5", "method.fp_dropout=0.5"]
+    cfg = build_config({"method": {"name": "fixmatch"}}, [*overrides, "method.fp_weight=0.25"])
+    torch.manual_seed(0)
+    method = build_method(cfg, data_spec(cfg, info))
+    samplers = {
+        "labeled": method.build_sampler("labeled", lab, stream_index=0),
+        "unlabeled": method.build_sampler("unlabeled", unl, stream_index=1),
+    }
+    batch = {name: s.sample(0, 0, 3) for name, s in samplers.items()}
+    calls = []
+    hook = method.net.register_forward_pre_hook(
+        lambda m, args, kwargs: calls.append((args[0].shape[0], kwargs)), with_kwargs=True
+    )
+    out = method(batch, 3)
+    hook.remove()
+    n_l, n_u = batch["labeled"]["image"].shape[0], batch["unlabeled"]["image"].shape[0]
+    # The weak view's pseudo-labelling forward, then one trained forward: labeled + strong + perturbed weak.
+    assert [n for n, _ in calls] == [n_u, n_l + 2 * n_u]
+    assert calls[1][1]["perturb"].start == n_l + n_u and calls[1][1]["perturb"].p == 0.5
+    unsup = 0.75 * out["unsup_strong"] + 0.25 * out["unsup_fp"]
+    assert float(out["unsup"]) == pytest.approx(float(unsup), rel=1e-5)
+    assert float(out["loss"].detach()) == pytest.approx(float(out["sup"] + unsup), rel=1e-5)
+    out["loss"].backward()
+    assert all(p.grad is not None for p in method.net.parameters())
+    # Resume-safe: the same step draws the same dropout masks (and strong view) again.
+    method.eval()
+    with torch.no_grad():
+        a, b = method(batch, 3), method(batch, 3)
+    assert torch.equal(a["unsup_fp"], b["unsup_fp"])

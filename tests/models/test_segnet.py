@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from medcl.errors import ConfigError
-from medcl.models import NetOutput, SegNet, build_network
+from medcl.models import FeatureDropout, NetOutput, SegNet, build_network
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -94,3 +94,40 @@ def test_segnet_is_module_with_bare_net() -> None:
     net = make("unet", 3)
     assert isinstance(net.net, nn.Module) and not isinstance(net.net, SegNet)
     assert (net.name, net.spatial_dims, net.in_channels, net.out_channels) == ("unet", 3, 1, 3)
+
+
+@pytest.mark.parametrize("name", ["basicunet", "unet", "swinunetr"])
+def test_feature_dropout_perturbs_only_the_tail_of_the_batch_and_only_during_the_call(name: str) -> None:
+    net = make(name, 2).eval()
+    x = torch.randn(4, 1, 64, 64)
+    with torch.no_grad():
+        clean = net(x)
+        perturbed = net(x, perturb=FeatureDropout(0.5, start=2, generator=torch.Generator().manual_seed(0)))
+        again = net(x)
+        out = net(x, return_features=True, perturb=FeatureDropout(0.5, start=2))
+    assert torch.equal(perturbed[:2], clean[:2])  # samples before start: untouched
+    assert not torch.allclose(perturbed[2:], clean[2:], atol=1e-3)
+    assert torch.equal(again, clean)  # the hooks are idle again after the call
+    assert torch.equal(out.logits[:2], clean[:2])
+
+
+def test_feature_dropout_of_zero_is_the_plain_forward_and_same_generator_same_masks() -> None:
+    net = make("basicunet", 2).eval()
+    x = torch.randn(3, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(net(x, perturb=FeatureDropout(0.0, start=0)), net(x))
+        a = net(x, perturb=FeatureDropout(0.5, start=1, generator=torch.Generator().manual_seed(3)))
+        b = net(x, perturb=FeatureDropout(0.5, start=1, generator=torch.Generator().manual_seed(3)))
+    assert torch.equal(a, b)
+
+
+def test_feature_dropout_drops_whole_channels_and_keeps_the_expectation() -> None:
+    t = torch.ones(2, 4000, 3, 3)
+    out = FeatureDropout(0.5, start=1, generator=torch.Generator().manual_seed(0))(t)
+    assert torch.equal(out[0], t[0])
+    per_channel = out[1].flatten(1)  # (C, H*W): each channel all zero or all 1 / (1 - p)
+    assert set(per_channel.unique().tolist()) == {0.0, 2.0}
+    assert torch.all(per_channel.min(1).values == per_channel.max(1).values)
+    assert float(out[1].mean()) == pytest.approx(1.0, abs=0.05)  # 4000 channels: mean within 3 sd
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        FeatureDropout(1.0)

@@ -1,0 +1,45 @@
+"""benchmarks/accuracy.py --from-cells: the table and the label-efficiency figure rebuilt from measured cells."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def load_script():
+    # accuracy.py imports its sibling bench_label_efficiency as a top-level module.
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location("accuracy_bench", REPO / "benchmarks" / "accuracy.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # its dataclasses look their module up
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    return module
+
+
+def test_rebuild_puts_the_all_labeled_cells_on_a_bound_line_not_in_a_column(tmp_path: Path, capsys) -> None:
+    accuracy = load_script()
+    cells = [
+        {"row": "supervised", "n": 3, "seed": 0, "dice": 0.60, "hd95": 20.0, "seconds": 1},
+        {"row": "supervised", "n": 3, "seed": 1, "dice": 0.70, "hd95": 10.0, "seconds": 1},
+        {"row": "fixmatch-fp", "n": 3, "seed": 0, "dice": 0.75, "hd95": 9.0, "seconds": 1},
+        {"row": "supervised", "n": 70, "seed": 0, "dice": 0.88, "hd95": 2.0, "seconds": 1},
+        {"row": "fixmatch", "n": 3, "seed": 0, "skipped": True},
+    ]
+    jsonl = tmp_path / "cells.jsonl"
+    jsonl.write_text("".join(json.dumps(c) + "\n" for c in cells))
+    accuracy.rebuild([jsonl], None, None, tmp_path / "out", "acdc", bound=70)
+    md = (tmp_path / "out" / "accuracy-acdc.md").read_text()
+    assert md.splitlines()[0] == "| method | N = 3 |"  # 70 is the bound, not a column
+    assert "| supervised only | 0.650 ± 0.071 (15.00 ± 7.07 voxels) |" in md
+    assert "| FixMatch + feature perturbation (UniMatch FP) | 0.750 (9.00 voxels) |" in md
+    assert "Upper bound, supervised only with all 70 labeled: 0.880 (2.00 voxels)" in md
+    assert "FixMatch (one network" not in md  # a skipped cell makes no row
+    assert (tmp_path / "out" / "accuracy-acdc.png").stat().st_size > 10_000
+    assert md.strip() in capsys.readouterr().out
