@@ -28,7 +28,7 @@ from medcl.data.cases import Case, DatasetInfo
 from medcl.data.check_report import CaseReport, Problem, _display_path
 from medcl.data.files import unreadable_reason
 from medcl.data.geometry import axis_codes, direction_cosines, format_vector, voxel_spacing
-from medcl.data.volume import _reason, read_volume
+from medcl.data.volume import _reason, label_values, read_volume, squeeze_to_3d
 from medcl.errors import DataError
 
 ANISOTROPY_WARNING = 3.0  # largest / smallest spacing above which a case gets a warning
@@ -156,8 +156,7 @@ def _read_3d(path: Path, kind: str, add: Any) -> tuple[np.ndarray, np.ndarray] |
         add(path, "error", f"cannot read {kind} file: {reason}.")
         return None
     shape = array.shape
-    while array.ndim > 3 and array.shape[-1] == 1:
-        array = array[..., 0]
+    array = squeeze_to_3d(array)
     if array.ndim != 3:
         hint = (
             "; put each channel in its own file (CASE_0000, CASE_0001, ...)"
@@ -251,11 +250,7 @@ def _check_label_values(array: np.ndarray, path: Path, info: DatasetInfo, add: A
             )
             values = values[values == np.round(values)]
     elif np.issubdtype(array.dtype, np.integer) or array.dtype == bool:
-        low, high = (int(array.min()), int(array.max())) if array.size else (0, 0)
-        if 0 <= low and high < 65536:  # bincount is much faster than unique's sort on large volumes
-            values = np.flatnonzero(np.bincount(array.ravel().astype(np.intp, copy=False), minlength=1))
-        else:
-            values = np.unique(array)
+        values = label_values(array)
     else:
         add(path, "error", f"label has dtype {array.dtype}; labels must be integer class values.")
         return []

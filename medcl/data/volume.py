@@ -18,7 +18,7 @@ from medcl.data.files import unreadable_reason
 from medcl.data.io import read_sitk, sitk_affine, sitk_to_array
 from medcl.errors import DataError
 
-__all__ = ["read_volume"]
+__all__ = ["label_values", "read_volume", "squeeze_to_3d"]
 
 
 def read_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -55,6 +55,30 @@ def read_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
     except Exception as err:  # nibabel/zlib/SimpleITK raise many types for a bad file
         raise DataError(f"Cannot read {path}: {_reason(err)}.") from err
     return array, affine
+
+
+def squeeze_to_3d(array: np.ndarray) -> np.ndarray:
+    """``array`` with its trailing singleton axes beyond the third dropped (``(X, Y, Z, 1)`` -> ``(X, Y, Z)``).
+
+    The result may still not be 3D (a 2D file, or a real 4th axis): the caller names that problem its way.
+    """
+    while array.ndim > 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    return array
+
+
+def label_values(array: np.ndarray) -> list[int]:
+    """The values present in an integer (or bool) label map, sorted.
+
+    ``np.bincount`` when they are small non-negative integers (much faster than ``np.unique``'s sort on a
+    large volume), ``np.unique`` otherwise.
+    """
+    if array.size == 0:
+        return []
+    low, high = int(array.min()), int(array.max())
+    if 0 <= low and high < 65536:
+        return [int(v) for v in np.flatnonzero(np.bincount(array.ravel().astype(np.intp, copy=False)))]
+    return [int(v) for v in np.unique(array)]
 
 
 def _reason(err: BaseException) -> str:

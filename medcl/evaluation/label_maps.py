@@ -16,7 +16,7 @@ import numpy as np
 
 from medcl.data.dataset_json import parse_labels, read_dataset_json
 from medcl.data.geometry import direction_cosines, format_vector, voxel_spacing
-from medcl.data.volume import read_volume
+from medcl.data.volume import label_values, read_volume, squeeze_to_3d
 from medcl.errors import DataError
 from medcl.evaluation.pairing import _folder, _label_files
 from medcl.evaluation.report import CaseProblem
@@ -84,7 +84,7 @@ def infer_labels(gt_dir: str | Path) -> dict[int, str]:
         if isinstance(volume, CaseProblem):
             continue
         readable += 1
-        values.update(_values(volume[0]))
+        values.update(label_values(volume[0]))
     if not readable:
         raise DataError(f"Reference folder {gt_dir} holds no readable label file.")
     values.discard(0)
@@ -105,8 +105,7 @@ def _read_label(path: Path, case_id: str, role: str) -> tuple[np.ndarray, np.nda
 def _as_label_map(array: np.ndarray, case_id: str, path: Path, role: str) -> np.ndarray | CaseProblem:
     """A 3D integer label map (trailing singleton axes dropped, integral floats cast), or the problem."""
     shape = array.shape
-    while array.ndim > 3 and array.shape[-1] == 1:
-        array = array[..., 0]
+    array = squeeze_to_3d(array)
     if array.ndim != 3:
         return CaseProblem(case_id, path, f"{role} is {len(shape)}D with shape {tuple(shape)}; expected 3D.")
     if array.dtype == bool:
@@ -123,13 +122,3 @@ def _as_label_map(array: np.ndarray, case_id: str, path: Path, role: str) -> np.
             case_id, path, f"{role} has dtype {array.dtype}; labels must be integer class values."
         )
     return array
-
-
-def _values(array: np.ndarray) -> list[int]:
-    """The integer values present, sorted (bincount when they are small non-negative integers: fast)."""
-    if array.size == 0:
-        return []
-    low, high = int(array.min()), int(array.max())
-    if 0 <= low and high < 65536:
-        return [int(v) for v in np.flatnonzero(np.bincount(array.ravel().astype(np.intp, copy=False)))]
-    return [int(v) for v in np.unique(array)]

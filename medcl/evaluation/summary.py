@@ -30,8 +30,9 @@ from tqdm import tqdm
 
 from medcl.data.cases import Case
 from medcl.data.geometry import voxel_spacing
+from medcl.data.volume import label_values
 from medcl.errors import DataError
-from medcl.evaluation.label_maps import _as_label_map, _read_label, _values, geometry_mismatch
+from medcl.evaluation.label_maps import _as_label_map, _read_label, geometry_mismatch
 from medcl.evaluation.metrics import EmptyPolicy, check_empty_policy, label_metrics
 from medcl.evaluation.pairing import pair_folders
 from medcl.evaluation.report import SPACING_MODES, CaseProblem, CaseResult, SpacingMode, Summary
@@ -230,7 +231,7 @@ def evaluate_case(
         return None, [CaseProblem(case_id, where, f"prediction geometry differs from reference: {mismatch}.")]
     problems = []
     for array, file, role in ((pred, where, "prediction"), (ref, reference, "reference")):
-        unknown = [v for v in _values(array) if v not in labels]
+        unknown = [v for v in label_values(array) if v not in labels]
         if unknown:
             shown = ", ".join(str(v) for v in unknown[:10]) + (", ..." if len(unknown) > 10 else "")
             message = f"{role} has label values [{shown}] that are not in the labels {sorted(labels)}."

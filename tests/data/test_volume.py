@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from medcl.data.volume import read_volume
+from medcl.data.volume import label_values, read_volume, squeeze_to_3d
 from medcl.errors import DataError
 
 
@@ -58,3 +58,19 @@ def test_read_volume_errors_name_the_file(tmp_path: Path, hippo: Path):
         DataError, match=r"Cannot read .*cut\.nrrd: .*Error reading .*cut\.nrrd.*\(RuntimeError\)"
     ):
         read_volume(nrrd)
+
+
+def test_squeeze_to_3d_drops_only_trailing_singleton_axes() -> None:
+    assert squeeze_to_3d(np.zeros((4, 5, 6, 1, 1))).shape == (4, 5, 6)
+    assert squeeze_to_3d(np.zeros((4, 5, 6, 2))).shape == (4, 5, 6, 2)  # a real 4th axis stays
+    assert squeeze_to_3d(np.zeros((1, 5, 6))).shape == (1, 5, 6)  # never below 3 axes
+
+
+def test_label_values_agree_with_unique_on_both_paths() -> None:
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 4, size=(6, 7, 8)).astype(np.uint8)  # bincount path
+    wide = np.array([[-3, 0], [70000, 0]], dtype=np.int64)  # negative and large: unique path
+    assert label_values(small) == np.unique(small).tolist()
+    assert label_values(wide) == [-3, 0, 70000]
+    assert label_values(np.array([[True, False]])) == [0, 1]
+    assert label_values(np.zeros((0, 3), dtype=np.uint8)) == []
