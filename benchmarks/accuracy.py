@@ -271,7 +271,7 @@ def rebuild(
 
     ``bound``: the labeled count of the all-labeled supervised cells, shown as the upper bound line.
     """
-    records = [json.loads(line) for f in files for line in f.read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for f in files for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
     records = [r for r in records if not r.get("skipped") and r.get("row") in ROWS]
     bound_cell = None
     if bound is not None:
@@ -301,7 +301,7 @@ def rebuild(
         f"{dataset}: {len(records)} runs, best validation",
         bound_cell,
     )
-    (out / f"accuracy-{dataset}.md").write_text(md + "\n")
+    (out / f"accuracy-{dataset}.md").write_text(md + "\n", encoding="utf-8")
     print(md)
     print(f"figure: {out / f'accuracy-{dataset}.png'}")
 
@@ -602,7 +602,7 @@ def main() -> None:
         print(f"\n{md}\n\n{protocol}")
         png = out / f"accuracy-{stamp}.png"
         figure(table, labels, png, f"{args.dataset}, {args.recipes} recipes, {budget_text}")
-        (out / f"accuracy-{stamp}.md").write_text(f"{md}\n\n{protocol}\n")
+        (out / f"accuracy-{stamp}.md").write_text(f"{md}\n\n{protocol}\n", encoding="utf-8")
         (out / f"accuracy-{stamp}.json").write_text(json.dumps(report, indent=1))
         if client is not None:
             for row, cells_ in table.items():

@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--page", type=Path, default=PAGE, help=f"the page (default {PAGE})")
     parser.add_argument("--check", action="store_true", help="only report whether the page is up to date")
     args = parser.parse_args(argv)
-    old = args.page.read_text()
+    old = args.page.read_text(encoding="utf-8")
     new = render(old)
     if args.check:
         if new != old:
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.page} is up to date")
         return 0
     if new != old:
-        args.page.write_text(new)
+        args.page.write_text(new, encoding="utf-8")
         print(f"rewrote the configuration reference in {args.page}")
     else:
         print(f"{args.page} was already up to date")

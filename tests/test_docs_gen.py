@@ -10,7 +10,7 @@ from medcl.methods import METHODS
 
 
 def test_the_committed_reference_is_up_to_date() -> None:
-    page = PAGE.read_text()
+    page = PAGE.read_text(encoding="utf-8")
     assert render(page) == page, "docs/configuration.md is stale: run `python -m medcl.docs_gen`"
 
 
@@ -39,7 +39,7 @@ def test_check_mode_reports_a_stale_page_and_writing_fixes_it(tmp_path, capsys) 
     assert "is stale" in capsys.readouterr().err
     assert main(["--page", str(page)]) == 0
     assert main(["--page", str(page), "--check"]) == 0
-    text = page.read_text()
+    text = page.read_text(encoding="utf-8")
     assert (
         text.startswith("# intro\n\n")
         and text.endswith(f"{END}\n\nprose after\n")

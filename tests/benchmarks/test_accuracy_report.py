@@ -35,7 +35,7 @@ def test_rebuild_puts_the_all_labeled_cells_on_a_bound_line_not_in_a_column(tmp_
     jsonl = tmp_path / "cells.jsonl"
     jsonl.write_text("".join(json.dumps(c) + "\n" for c in cells))
     accuracy.rebuild([jsonl], None, None, tmp_path / "out", "acdc", bound=70)
-    md = (tmp_path / "out" / "accuracy-acdc.md").read_text()
+    md = (tmp_path / "out" / "accuracy-acdc.md").read_text(encoding="utf-8")
     assert md.splitlines()[0] == "| method | N = 3 |"  # 70 is the bound, not a column
     assert "| supervised only | 0.650 ± 0.071 (15.00 ± 7.07 voxels) |" in md
     assert "| FixMatch + feature perturbation (UniMatch FP) | 0.750 (9.00 voxels) |" in md

@@ -39,7 +39,7 @@ TINY = {
 
 def readme_recipe() -> list[str]:
     """The ``medcl`` command lines of the README's recipe block."""
-    text = (REPO / "README.md").read_text()
+    text = (REPO / "README.md").read_text(encoding="utf-8")
     assert HEADING in text, "the README lost its pretraining recipe"
     block = text.split(HEADING, 1)[1].split("```", 2)[1]
     return [line for line in block.splitlines() if line.startswith("medcl ")]
