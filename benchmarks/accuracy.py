@@ -133,6 +133,13 @@ class Cell:
     hd95: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
 
+    def add(self, record: dict[str, Any]) -> None:
+        """Append one measured cell (a ``cells.jsonl`` record) to the figures of this table cell."""
+        self.dice.append(record["dice"])
+        if record.get("hd95") is not None:
+            self.hd95.append(record["hd95"])
+        self.seconds.append(record["seconds"])
+
 
 def fmt(values: list[float], digits: int = 3) -> str:
     if not values:
@@ -271,27 +278,23 @@ def rebuild(
 
     ``bound``: the labeled count of the all-labeled supervised cells, shown as the upper bound line.
     """
-    records = [json.loads(line) for f in files for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = [
+        json.loads(line) for f in files for line in f.read_text(encoding="utf-8").splitlines() if line.strip()
+    ]
     records = [r for r in records if not r.get("skipped") and r.get("row") in ROWS]
     bound_cell = None
     if bound is not None:
         bound_cell = (bound, Cell())
         for r in records:
             if r["row"] == "supervised" and r["n"] == bound:
-                bound_cell[1].dice.append(r["dice"])
-                if r.get("hd95") is not None:
-                    bound_cell[1].hd95.append(r["hd95"])
+                bound_cell[1].add(r)
         records = [r for r in records if r["n"] != bound]
     labels = labels or sorted({r["n"] for r in records})
     rows = rows or [row for row in ROWS if any(r["row"] == row for r in records)]
     table = {row: {n: Cell() for n in labels} for row in rows}
     for r in records:
         if r["row"] in table and r["n"] in table[r["row"]]:
-            cell = table[r["row"]][r["n"]]
-            cell.dice.append(r["dice"])
-            if r.get("hd95") is not None:
-                cell.hd95.append(r["hd95"])
-            cell.seconds.append(r["seconds"])
+            table[r["row"]][r["n"]].add(r)
     md = markdown(table, labels, "voxels" if dataset == "acdc" else "mm", bound_cell)
     out.mkdir(parents=True, exist_ok=True)
     figure(
@@ -552,11 +555,7 @@ def main() -> None:
             if r.get("skipped"):
                 print(f"{r['row']:>18} n={r['n']:<3} seed={r['seed']}: skipped (deadline)", flush=True)
                 continue
-            cell = table[r["row"]][r["n"]]
-            cell.dice.append(r["dice"])
-            if r["hd95"] is not None:
-                cell.hd95.append(r["hd95"])
-            cell.seconds.append(r["seconds"])
+            table[r["row"]][r["n"]].add(r)
             print(
                 f"{r['row']:>18} n={r['n']:<3} seed={r['seed']}: Dice {r['dice']:.4f} (best step {r['best_step']} "
                 f"of {r['steps']}, final {r['final_dice']:.4f}) {r['seconds']:.0f} s",

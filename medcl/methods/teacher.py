@@ -138,12 +138,17 @@ class StrongView:
         confidence: The teacher's confidences, mixed alike. Shape: ``(B, *S)``, float32.
         quality: Mean foreground Dice of the weak view's pseudo-labels against withheld labels
             (``train/pseudo_dice``; :func:`medcl.methods.base.pseudo_label_dice`), None without them.
+        weak_labels: The weak view's own pseudo-labels, before mixing (FixMatch's feature-perturbation
+            stream trains on them); None where the view was built by hand. Shape: ``(B, *S)``, int64.
+        weak_confidence: Their confidences, before mixing. Shape: ``(B, *S)``.
     """
 
     image: Tensor
     labels: Tensor
     confidence: Tensor
     quality: Tensor | None = None
+    weak_labels: Tensor | None = None
+    weak_confidence: Tensor | None = None
 
     def confident(self, threshold: float) -> Tensor:
         """:func:`confident` on the mixed confidences. Shape: ``(B, *S)``, bool."""
@@ -180,19 +185,19 @@ def weak_to_strong(
     Returns:
         The strong view with its pseudo-labels and confidences; new tensors, ``weak_image`` is unchanged.
     """
-    confidence, labels = pseudo_labels(weak_logits)  # (B, *S) each
-    quality = None if withheld is None else pseudo_label_dice(labels, withheld, num_classes)
+    weak_confidence, weak_labels = pseudo_labels(weak_logits)  # (B, *S) each
+    quality = None if withheld is None else pseudo_label_dice(weak_labels, withheld, num_classes)
     image, labels, confidence = strong_view(
         weak_image,
-        labels,
-        confidence,
+        weak_labels,
+        weak_confidence,
         mode=mix,
         num_classes=num_classes,
         jitter_prob=jitter_prob,
         blur_prob=blur_prob,
         generator=generator,
     )
-    return StrongView(image, labels, confidence, quality)
+    return StrongView(image, labels, confidence, quality, weak_labels, weak_confidence)
 
 
 class FeatureQueue(nn.Module):

@@ -13,7 +13,8 @@ has a single forward entry point, because under ``DistributedDataParallel`` only
   feature map the decoder reads (the bottleneck and each skip connection), for the samples ``start:`` of the
   batch only: UniMatch's feature-perturbation stream, in the same forward as the clean samples.
 
-Features are captured (and perturbed) by hooks registered once on named MONAI submodules; MONAI's code is not
+Features are captured (forward hooks) and perturbed (forward pre-hooks on the decoder blocks) by hooks
+registered once on named MONAI submodules; MONAI's code is not
 copied or forked. The hooks only act while a feature or perturbed call is running, so the plain call pays one
 attribute check per hooked block and keeps no tensors alive.
 
@@ -75,6 +76,8 @@ class FeatureDropout:
     zeroed with probability ``p`` and the rest scaled by ``1 / (1 - p)``, independently per sample and map,
     for the samples ``start:`` of the batch; samples ``:start`` go through untouched. The encoder itself runs
     on clean features (the drop acts where the decoder reads them, as UniMatch perturbs its encoder's outputs).
+    The masks are drawn here rather than by ``F.dropout2d``, which takes no generator: a resumed run must
+    draw the same masks.
 
     Attributes:
         p: Drop probability of a channel, in ``[0, 1)`` (UniMatch: 0.5).
@@ -96,14 +99,14 @@ class FeatureDropout:
 
     def __call__(self, t: Tensor) -> Tensor:
         """``t`` with samples ``start:`` channel-dropped. Shape: ``(B, C, *S)``, as ``t``; a new tensor."""
-        tail = t[self.start :]
-        if self.p == 0.0 or tail.shape[0] == 0:
+        n = t.shape[0] - self.start
+        if self.p == 0.0 or n <= 0:
             return t
-        # One keep/drop draw per (sample, channel), broadcast over space; drawn in fp32 on t's device.
-        shape = (tail.shape[0], tail.shape[1]) + (1,) * (t.ndim - 2)
-        keep = torch.rand(shape, generator=self.generator, device=t.device) >= self.p
-        scaled = tail * (keep.to(t.dtype) / (1.0 - self.p))
-        return torch.cat([t[: self.start], scaled])
+        # One keep/drop draw per (sample, channel) of the perturbed samples, broadcast over space; ones before.
+        scale = torch.ones((t.shape[0], t.shape[1]) + (1,) * (t.ndim - 2), device=t.device)
+        keep = torch.rand(scale[self.start :].shape, generator=self.generator, device=t.device) >= self.p
+        scale[self.start :] = keep / (1.0 - self.p)
+        return t * scale.to(t.dtype)
 
 
 class _Recorder:
@@ -119,46 +122,39 @@ class _Recorder:
         self.active = False
         # Filled by the hooks during a feature call; swapped for a fresh dict at its end.
         self.store: dict[str, Tensor] = {}
-        # Set only while a ``perturb=`` call runs.
+        # Set only while a ``perturb=`` call runs, with whether a decoder block has run in it yet.
         self.perturb: FeatureDropout | None = None
+        self.decoder_started = False
 
 
 class _CaptureHook:
     """A forward hook that stores its module's output under ``key`` while the recorder is active."""
 
-    def __init__(self, recorder: _Recorder, key: str, *, bottleneck: bool = False) -> None:
+    def __init__(self, recorder: _Recorder, key: str) -> None:
         """Remember where to write.
 
         Args:
             recorder: The owning network's capture state.
             key: Name of the hooked submodule inside the MONAI network.
-            bottleneck: Whether this is the encoder's bottleneck (perturbed by a ``perturb=`` call).
         """
         self.recorder = recorder
         self.key = key
-        self.bottleneck = bottleneck
 
-    def __call__(self, module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor | None:
-        """Store ``output`` when capturing; otherwise do nothing (the fast path's only cost).
-
-        On the bottleneck hook during a perturbed call, also return the perturbed output, which replaces
-        the module's (torch's forward-hook contract); the stored feature is the clean one.
-        """
+    def __call__(self, module: nn.Module, args: tuple[Any, ...], output: Tensor) -> None:
+        """Store ``output`` when capturing; otherwise do nothing (the fast path's only cost)."""
         if self.recorder.active:
             # Keep the graph: feature losses must reach the encoder.
             self.recorder.store[self.key] = output
-        if self.bottleneck and self.recorder.perturb is not None:
-            return self.recorder.perturb(output)
-        return None
 
 
-class _SkipPerturbHook:
-    """A forward pre-hook on a decoder block that perturbs the encoder features among its inputs.
+class _PerturbHook:
+    """A forward pre-hook on a decoder block that drops channels of the encoder features among its inputs.
 
-    A block called with several tensors (BasicUNet's ``UpCat(x, skip)``, SwinUNETR's ``UnetrUpBlock(x, skip)``)
-    gets every input after the first perturbed: the skip connections; the first is the decoder's own path.
-    A block called with one tensor (MONAI UNet's up blocks read skip and decoder path concatenated) gets it
-    perturbed whole.
+    The decoder blocks run coarsest first. The first one of a call reads the bottleneck as its first input,
+    so all its inputs are perturbed; a later one reads the decoder's own path first and skip connections
+    after it, so only those are (BasicUNet's ``UpCat(x, skip)``, SwinUNETR's ``UnetrUpBlock(x, skip)``). A
+    block called with one tensor (MONAI UNet's up blocks read skip and decoder path concatenated) gets it
+    perturbed whole. Each encoder map is thus dropped exactly once, where the decoder reads it.
     """
 
     def __init__(self, recorder: _Recorder) -> None:
@@ -170,7 +166,8 @@ class _SkipPerturbHook:
         perturb = self.recorder.perturb
         if perturb is None:
             return None
-        first = 1 if len(args) > 1 else 0
+        first = 0 if len(args) == 1 or not self.recorder.decoder_started else 1
+        self.recorder.decoder_started = True
         return tuple(perturb(a) if i >= first and isinstance(a, Tensor) else a for i, a in enumerate(args))
 
 
@@ -239,11 +236,9 @@ class SegNet(nn.Module):
         for key in (*self._decoder_layers, embedding_layer):
             if key not in modules:
                 raise ValueError(f"{_LABELS.get(name, name)} has no submodule named {key!r} to hook.")
-            modules[key].register_forward_hook(
-                _CaptureHook(self._recorder, key, bottleneck=key == embedding_layer)
-            )
+            modules[key].register_forward_hook(_CaptureHook(self._recorder, key))
         for key in self._decoder_layers:
-            modules[key].register_forward_pre_hook(_SkipPerturbHook(self._recorder))
+            modules[key].register_forward_pre_hook(_PerturbHook(self._recorder))
 
     def check_spatial_shape(self, spatial_shape: Sequence[int]) -> None:
         """Raise if the network cannot take an input of this spatial size.
@@ -308,7 +303,7 @@ class SegNet(nn.Module):
         # x: (B, in_channels, *S); checked first so MONAI's deep stack trace never shows up.
         self.check_spatial_shape(x.shape[2:])
         if perturb is not None:
-            self._recorder.perturb = perturb
+            self._recorder.perturb, self._recorder.decoder_started = perturb, False
             try:
                 return self._forward(x, return_features)
             finally:

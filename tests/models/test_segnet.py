@@ -131,3 +131,32 @@ def test_feature_dropout_drops_whole_channels_and_keeps_the_expectation() -> Non
     assert float(out[1].mean()) == pytest.approx(1.0, abs=0.05)  # 4000 channels: mean within 3 sd
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
         FeatureDropout(1.0)
+
+
+def test_feature_dropout_drops_each_encoder_map_once_where_the_decoder_reads_it() -> None:
+    """BasicUNet: upcat_4 reads (bottleneck, skip), the later blocks (decoder path, skip). Under a perturbed
+    call the encoder runs clean, so every perturbed encoder input is the clean one with each channel either
+    zeroed or doubled (p = 0.5): dropped once, not twice (that would give 4x)."""
+    net = make("basicunet", 2).eval()
+    x = torch.randn(2, 1, 32, 32)
+    seen: dict[str, list[tuple[torch.Tensor, ...]]] = {}
+    for name in ("upcat_4", "upcat_3", "upcat_2", "upcat_1"):
+        # Registered after SegNet's own hook, so it sees the inputs as perturbed.
+        getattr(net.net, name).register_forward_pre_hook(
+            lambda m, args, name=name: seen.setdefault(name, []).append(tuple(a.detach() for a in args))
+        )
+    with torch.no_grad():
+        net(x)
+        net(x, perturb=FeatureDropout(0.5, start=1, generator=torch.Generator().manual_seed(0)))
+
+    def dropped_once(clean: torch.Tensor, perturbed: torch.Tensor) -> bool:
+        ratio = perturbed[1].flatten(1) / clean[1].flatten(1).where(clean[1].flatten(1) != 0, 1.0)
+        per_channel = ratio.amax(1)  # 0 (dropped) or 2 (kept, rescaled) for every channel
+        return bool(((per_channel - 0).abs() < 1e-4).logical_or((per_channel - 2).abs() < 1e-4).all())
+
+    (clean4, perturbed4) = seen["upcat_4"]
+    assert dropped_once(clean4[0], perturbed4[0]) and dropped_once(clean4[1], perturbed4[1])
+    for name in ("upcat_3", "upcat_2", "upcat_1"):
+        clean, perturbed = seen[name]
+        assert dropped_once(clean[1], perturbed[1])  # the skip
+        assert torch.equal(clean[1][0], perturbed[1][0])  # sample 0 is before start
