@@ -2,29 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
 
-
-def load_script():
-    # accuracy.py imports its sibling bench_label_efficiency as a top-level module.
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        spec = importlib.util.spec_from_file_location("accuracy_bench", REPO / "benchmarks" / "accuracy.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # its dataclasses look their module up
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
-    return module
-
-
-def test_rebuild_puts_the_all_labeled_cells_on_a_bound_line_not_in_a_column(tmp_path: Path, capsys) -> None:
-    accuracy = load_script()
+def test_rebuild_puts_the_all_labeled_cells_on_a_bound_line_not_in_a_column(
+    tmp_path: Path, capsys, benchmark_script
+) -> None:
+    accuracy = benchmark_script("accuracy")
     cells = [
         {"row": "supervised", "n": 3, "seed": 0, "dice": 0.60, "hd95": 20.0, "seconds": 1},
         {"row": "supervised", "n": 3, "seed": 1, "dice": 0.70, "hd95": 10.0, "seconds": 1},

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,18 +10,9 @@ import pytest
 # The device check on CPU settings: `make test` runs it, `make test-fast` does not.
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
 
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("device_check", REPO / "benchmarks" / "device_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_every_job_trains_validates_and_reports(shared_data: Path, tmp_path: Path) -> None:
-    check = load_script()
+def test_every_job_trains_validates_and_reports(shared_data: Path, tmp_path: Path, benchmark_script) -> None:
+    check = benchmark_script("device_check")
     data = tmp_path / "data"
     check.prepare(shared_data, data, acdc_patients=3, la_volumes=3)
     assert len(json.loads((data / "ACDC" / "dataset.json").read_text())["training"]) == 6  # 2 frames each
