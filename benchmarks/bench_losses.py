@@ -1,4 +1,4 @@
-"""Chaitanya global/local losses: medcl's vectorised kernels vs per-pair loop references, time and peak memory.
+"""Contrastive losses: medcl's kernels vs straightforward references, time and peak memory.
 
 Variants (the paper's sizes):
 
@@ -6,6 +6,10 @@ Variants (the paper's sizes):
 * local: L^R on two views of 12 slices, 64-channel 48x48 maps, 3x3 windows, 128-d shared linear embedding,
   with the grid13 layout (5-neighbour negatives, the authors' setting, and all-region negatives) and with
   every window of the stride-3 tiling (256 regions, all-region negatives).
+
+* anco: ACTION's AnCo at the ACDC CPU recipe's size (16 slices of 64x64 representations, 128-d, 4 classes,
+  256 queries, 512 negatives) with the negatives as similarities to a shared pool (medcl) vs the reference's
+  layout, each query's negatives gathered as a ``(V, Q, M, D)`` tensor (``gather_anco``), on the same draws.
 
 The loop references compute the same numbers the way the authors' TensorFlow code does: one anchor and one
 positive pair at a time, exp / sum / log by hand (the negatives of an anchor in one matrix-vector product);
@@ -37,6 +41,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from medcl.losses.anatomical import anco_loss_from_samples, sample_anco
 from medcl.losses.global_contrast import GlobalContrastiveLoss
 from medcl.losses.local_contrast import LocalContrastiveLoss
 from medcl.models.heads import RegionProjectionHead
@@ -44,6 +49,7 @@ from medcl.models.heads import RegionProjectionHead
 TAU = 0.1
 GLOBAL_VARIANTS = [f"global-{s}-{n}" for n in (48, 144) for s in ("GR", "GD-", "GD")]
 LOCAL_VARIANTS = ["local-grid13-neighbours5", "local-grid13-all", "local-all-all"]
+ANCO_VARIANTS = ["anco-acdc"]
 RESOLUTION_MIB = 0.25  # peaks below this are allocator noise (4 KiB pages, small blocks from resident arenas)
 
 
@@ -86,9 +92,32 @@ def loop_local_loss(f1, f2, weight, positions, negative_sets) -> torch.Tensor:
     return total / (r * 2 * b)
 
 
+def gather_anco(rep, labels, samples, tau) -> torch.Tensor:
+    """AnCo with every query's negatives gathered as a ``(V, Q, M, D)`` tensor (the reference's layout)."""
+    use = samples.has_queries
+    protos = torch.zeros(4, rep.shape[1]).index_add_(0, labels, rep.detach())
+    protos = protos / torch.bincount(labels, minlength=4).clamp(min=1).unsqueeze(1)
+    positive = F.normalize(protos[samples.classes[use]], dim=1)  # (V, D)
+    rep_n = F.normalize(rep, dim=1)  # (N, D)
+    queries = rep_n[samples.query_index[use]]  # (V, Q, D)
+    negatives = rep_n.detach()[samples.negative_index[use]]  # (V, Q, M, D)
+    l_pos = torch.einsum("vqd,vd->vq", queries, positive).unsqueeze(-1)
+    l_neg = torch.einsum("vqd,vqmd->vqm", queries, negatives)
+    logits = torch.cat([l_pos, l_neg], dim=-1) / tau
+    return F.cross_entropy(logits.flatten(0, 1), torch.zeros(logits.shape[0] * logits.shape[1], dtype=torch.long))
+
+
 def build(variant: str, impl: str) -> tuple[Callable[[], torch.Tensor], list[torch.Tensor]]:
     """The loss closure of one (variant, implementation) and the tensors whose gradients it fills."""
     g = torch.Generator().manual_seed(0)
+    if variant.startswith("anco"):
+        n = 16 * 64 * 64
+        labels = torch.randint(0, 4, (n,), generator=g)
+        rep = (torch.randn(4, 128, generator=g)[labels] + torch.randn(n, 128, generator=g)).requires_grad_()
+        samples = sample_anco(rep, labels, torch.rand(n, generator=g), 4, tau=0.5, generator=g)
+        if impl == "vectorised":
+            return (lambda: anco_loss_from_samples(rep, labels, samples, 4, 0.5)), [rep]
+        return (lambda: gather_anco(rep, labels, samples, 0.5)), [rep]
     if variant.startswith("global"):
         strategy, size = variant.removeprefix("global-").rsplit("-", 1)  # "GD-", "48" from "global-GD--48"
         n = int(size)
@@ -185,7 +214,7 @@ def main() -> None:
         return
 
     results = {}
-    for variant in args.only or GLOBAL_VARIANTS + LOCAL_VARIANTS:
+    for variant in args.only or GLOBAL_VARIANTS + LOCAL_VARIANTS + ANCO_VARIANTS:
         fast = run_in_subprocess(variant, "vectorised", args.repeats, args.threads)
         slow = run_in_subprocess(variant, "loop", args.slow_repeats, args.threads)
         results[variant] = {
@@ -208,7 +237,8 @@ def main() -> None:
             "variant and implementation (MALLOC_MMAP_THRESHOLD_=65536); forward+backward, 1 warm-up, peak = "
             "VmHWM - VmRSS over one step after resetting VmHWM; time = median of "
             f"{args.repeats} (vectorised) / {args.slow_repeats} (loop) steps. Global: N images x 128-d, 2 views, "
-            "4 partitions. Local: L^R, 12 slices x 2 views, 64x48x48 maps, K=3, 128-d linear embedding. "
+            "4 partitions. Local: L^R, 12 slices x 2 views, 64x48x48 maps, K=3, 128-d linear embedding. AnCo: "
+            "65536 pixels x 128-d, 4 classes, 256 queries, 512 negatives; loop = per-query gathered negatives. "
             f"memory_ratio is null when the vectorised peak is below {RESOLUTION_MIB} MiB (not resolvable)."
         ),
         "results": results,

@@ -111,10 +111,14 @@ def saacl_loss(
     k = F.normalize(keys.detach().float(), dim=1)  # (M, D)
     c = F.normalize(centers.detach().float(), dim=1)  # (K, D)
     filled = key_labels >= 0  # (M,)
-    # One (N, M) pass: the softmax denominator as a logsumexp over [own key], keys and centers.
-    logits_c = a @ c.T / tau  # (N, K)
+    # One (N, M) pass: the softmax denominator as a logsumexp over [own key], keys and centers. 1 / tau is
+    # applied to the (N, D) anchors, not to the (N, M) logits, and empty slots are dropped from the keys
+    # (the queue is full after its first few steps) instead of masking an (N, M) matrix.
+    a_tau = a / tau  # (N, D)
+    logits_c = a_tau @ c.T  # (N, K)
+    k_filled = k if bool(filled.all()) else k[filled]  # (M', D)
     parts = [
-        torch.logsumexp((a @ k.T / tau).masked_fill(~filled.unsqueeze(0), float("-inf")), dim=1),  # (N,)
+        torch.logsumexp(a_tau @ k_filled.T, dim=1) if k_filled.shape[0] else a.new_full((n,), -torch.inf),
         torch.logsumexp(logits_c, dim=1),
     ]
     # Sum over an anchor's same-class keys of a . k / tau is a . (sum of those keys) / tau: per-class key sums
@@ -123,10 +127,10 @@ def saacl_loss(
     slot = torch.where(filled, key_labels, num_classes)  # (M,)
     class_sums = k.new_zeros(num_classes + 1, d).index_add_(0, slot, k)  # (K + 1, D)
     class_counts = torch.bincount(slot, minlength=num_classes + 1)  # (K + 1,)
-    pos_logit_sum = (a * class_sums[labels]).sum(dim=1) / tau  # (N,)
+    pos_logit_sum = (a_tau * class_sums[labels]).sum(dim=1)  # (N,)
     n_pos = class_counts[labels].to(a.dtype)  # (N,)
     if own_keys is not None:
-        own_logit = (a * F.normalize(own_keys.detach().float(), dim=1)).sum(dim=1) / tau  # (N,)
+        own_logit = (a_tau * F.normalize(own_keys.detach().float(), dim=1)).sum(dim=1)  # (N,)
         parts.append(own_logit)
         pos_logit_sum = pos_logit_sum + own_logit
         n_pos = n_pos + 1

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from medcl.losses.anatomical import (
+    NEGATIVE_POOL,
     anatomical_contrast_loss,
     anco_loss_from_samples,
     flatten_valid,
@@ -82,7 +83,11 @@ def test_matches_slow_reference_on_the_same_draws() -> None:
     inverse = torch.empty_like(perm)
     inverse[perm] = torch.arange(300)
     moved = type(samples)(
-        samples.classes, inverse[samples.query_index], samples.has_queries, inverse[samples.negative_index]
+        samples.classes,
+        inverse[samples.query_index],
+        samples.has_queries,
+        inverse[samples.negative_pool],
+        samples.negative_slot,
     )
     assert float(anco_loss_from_samples(rep[perm], labels[perm], moved, 4, 0.5)) == pytest.approx(
         fast, rel=1e-5
@@ -103,6 +108,21 @@ def test_sampling_rules_hard_queries_other_class_negatives_absent_classes() -> N
         assert (prob[s.query_index[v]] < 0.6).all()  # hard queries only
         neg = labels[s.negative_index[v]]
         assert (neg != c).all() and (neg != 1).all()  # other present classes only
+
+
+def test_each_query_takes_distinct_slots_of_its_class_pool() -> None:
+    g = torch.Generator().manual_seed(4)
+    labels = torch.randint(0, 3, (500,), generator=g)
+    s = sample_anco(
+        torch.randn(500, 4, generator=g), labels, torch.zeros(500), 3, tau=0.5, num_queries=40,
+        num_negatives=8, generator=g,
+    )  # fmt: skip
+    assert s.negative_pool.shape == (3, NEGATIVE_POOL * 8) and s.negative_slot.shape == (3, 40, 8)
+    for v in range(3):
+        for slots in s.negative_slot[v]:
+            assert slots.unique().numel() == 8  # distinct slots: 8 different i.i.d. draws per query
+        assert s.negative_slot[v, :, 0].unique().numel() > 1  # queries start at different slots
+        assert torch.equal(s.negative_index[v], s.negative_pool[v][s.negative_slot[v]])
 
 
 def test_negative_classes_follow_prototype_similarity() -> None:
