@@ -256,7 +256,8 @@ class PyramidRepresentationHead(nn.Module):
         for name, fmap in sorted(maps.items(), key=lambda item: math.prod(item[1].shape[2:])):
             fmap = _channels_last(fmap if dtype is None else fmap.to(dtype))
             if any(a > b for a, b in zip(fmap.shape[2:], size, strict=True)):
-                fmap = Pool[Pool.ADAPTIVEAVG, len(size)](size)(fmap)
+                pool = F.adaptive_avg_pool2d if len(size) == 2 else F.adaptive_avg_pool3d
+                fmap = pool(fmap, size)
             y = self.convs[name](fmap)
             total = y if total is None else y + _resize(total, y.shape[2:])
         assert total is not None
