@@ -60,8 +60,9 @@ def _image_extension(name: str, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) 
     return None
 
 
-def _image_files(folder: Path, extensions: tuple[str, ...]) -> list[tuple[Path, str]]:
-    """(path, stem) of the image files of a folder, sorted by name; hidden files are skipped."""
+def image_files(folder: Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[tuple[Path, str]]:
+    """(path, stem) of the image files of a folder, sorted by name; hidden files (``.*``, e.g. macOS ``._``
+    copies) are skipped. The one folder listing of training data, ``infer`` inputs and ``evaluate`` folders."""
     found = []
     with os.scandir(folder) as entries:
         for entry in entries:
@@ -85,7 +86,7 @@ def _scan_images(
     folder: Path, extensions: tuple[str, ...], nnunet_names: bool
 ) -> dict[str, tuple[Path, ...]]:
     """Group the image files of a folder into cases: case id -> channel files in channel order."""
-    files = _image_files(folder, extensions)
+    files = image_files(folder, extensions)
     use_suffix = nnunet_names or any(
         (m := _CHANNEL_RE.match(stem)) is not None and m.group("channel") == "0000" for _, stem in files
     )
@@ -121,7 +122,7 @@ def _scan_images(
 
 def _scan_labels(folder: Path, extensions: tuple[str, ...]) -> dict[str, Path]:
     labels: dict[str, Path] = {}
-    for path, stem in _image_files(folder, extensions):
+    for path, stem in image_files(folder, extensions):
         if stem in labels:
             raise DataError(f"Label files {labels[stem]} and {path} both belong to case {stem!r}; keep one.")
         labels[stem] = path

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medcl.data.discovery import IMAGE_EXTENSIONS, case_id_from_path
+from medcl.data.discovery import IMAGE_EXTENSIONS, case_id_from_path, image_files
 from medcl.errors import DataError
 from medcl.evaluation.report import CaseProblem
 
@@ -104,12 +104,8 @@ def _folder(path: str | Path, what: str) -> Path:
 def _label_files(folder: Path) -> tuple[dict[str, Path], dict[str, list[Path]]]:
     """Case id -> label file, and case id -> all its files for ids claimed by more than one file."""
     by_id: dict[str, list[Path]] = {}
-    for entry in sorted(folder.iterdir()):
-        if entry.name.startswith(".") or not entry.is_file():
-            continue
-        if not entry.name.lower().endswith(IMAGE_EXTENSIONS):
-            continue
-        by_id.setdefault(case_id_from_path(entry, strip_channel=False), []).append(entry)
+    for path, _ in image_files(folder):
+        by_id.setdefault(case_id_from_path(path, strip_channel=False), []).append(path)
     files = {case_id: paths[0] for case_id, paths in by_id.items()}
     dupes = {case_id: paths for case_id, paths in by_id.items() if len(paths) > 1}
     return files, dupes

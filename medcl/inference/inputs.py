@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medcl.data.dataset import IMAGE_EXTENSIONS
+from medcl.data.discovery import image_files
 from medcl.errors import MedclError
 from medcl.inference.outputs import NIFTI_SUFFIXES, image_suffix
 
@@ -82,16 +83,14 @@ def collect_inputs(items: list[str]) -> list[InputCase]:
         if path.suffix == ".txt":
             lines = _read_list(path)
             files += [(path.parent / ln) if not Path(ln).is_absolute() else Path(ln) for ln in lines]
-        elif path.is_dir() and not any(p.name.lower().endswith(IMAGE_EXTENSIONS) for p in path.iterdir()):
+        elif path.is_dir() and (found := image_files(path)):
+            files += [p for p, _ in found]
+        elif path.is_dir():
             if not _is_dicom_dir(path):
                 raise MedclError(
                     f"{path} holds no image files ({', '.join(IMAGE_EXTENSIONS)}) and no DICOM series"
                 )
             files.append(path)
-        elif path.is_dir():
-            files += sorted(
-                p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_EXTENSIONS)
-            )
         else:
             files.append(path)
     _check_given_once(files)

@@ -51,3 +51,14 @@ def test_input_list_must_be_utf8(images: Path) -> None:
     # A byte-order mark (as Windows editors write) is fine.
     listing.write_bytes("\ufeffin/hippocampus_001.nii.gz\nin/hippocampus_004.nii.gz\n".encode())
     assert [c.name for c in collect_inputs([str(listing)])] == ["hippocampus_001", "hippocampus_004"]
+
+
+def test_a_folder_gives_its_images_without_hidden_copies(images: Path) -> None:
+    # macOS writes "._NAME" AppleDouble files beside copied images; they are not images of the folder.
+    (images / "._hippocampus_001.nii.gz").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (images / "notes.txt").write_text("not an image")
+    cases = collect_inputs([str(images)])
+    assert [(c.name, [p.name for p in c.paths]) for c in cases] == [
+        ("hippocampus_001", ["hippocampus_001.nii.gz"]),
+        ("hippocampus_004", ["hippocampus_004.nii.gz"]),
+    ]
