@@ -276,12 +276,16 @@ def rebuild(
 ) -> None:
     """Table (markdown) and figure from the ``cells.jsonl`` of one or more runs (skipped cells ignored).
 
+    A cell measured again (the same row, labeled count and seed, e.g. after a recipe changed) replaces the
+    earlier one: the later file, or the later line of one file, wins.
+
     ``bound``: the labeled count of the all-labeled supervised cells, shown as the upper bound line.
     """
     records = [
         json.loads(line) for f in files for line in f.read_text(encoding="utf-8").splitlines() if line.strip()
     ]
-    records = [r for r in records if not r.get("skipped") and r.get("row") in ROWS]
+    latest = {(r.get("row"), r.get("n"), r.get("seed")): r for r in records if not r.get("skipped")}
+    records = [r for r in latest.values() if r.get("row") in ROWS]
     bound_cell = None
     if bound is not None:
         bound_cell = (bound, Cell())

@@ -94,9 +94,9 @@ def loop_local_loss(f1, f2, weight, positions, negative_sets) -> torch.Tensor:
 
 def gather_anco(rep, labels, samples, tau) -> torch.Tensor:
     """AnCo with every query's negatives gathered as a ``(V, Q, M, D)`` tensor (the reference's layout)."""
-    use = samples.has_queries
-    protos = torch.zeros(4, rep.shape[1]).index_add_(0, labels, rep.detach())
-    protos = protos / torch.bincount(labels, minlength=4).clamp(min=1).unsqueeze(1)
+    use, k = samples.has_queries, int(labels.max()) + 1
+    protos = torch.zeros(k, rep.shape[1]).index_add_(0, labels, rep.detach())
+    protos = protos / torch.bincount(labels, minlength=k).clamp(min=1).unsqueeze(1)
     positive = F.normalize(protos[samples.classes[use]], dim=1)  # (V, D)
     rep_n = F.normalize(rep, dim=1)  # (N, D)
     queries = rep_n[samples.query_index[use]]  # (V, Q, D)
@@ -163,6 +163,8 @@ def worker(variant: str, impl: str, repeats: int) -> dict:
         return loss.item()
 
     step()  # warm-up
+    for leaf in leaves:  # the warm-up's gradients are freed before the baseline, not inside the measured step
+        leaf.grad = None
     before = memory_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as clear:
         clear.write("5")  # reset VmHWM to the current resident size

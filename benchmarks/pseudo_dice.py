@@ -12,8 +12,10 @@ without ``--no-tracking``), and writes:
 
 * ``pseudo-dice-<dataset>.png``: pseudo-label Dice and validation Dice against the fraction of each run's steps;
 * a markdown table (stdout, and ``pseudo-dice-<dataset>.md``): per run, the pseudo-label Dice at 10/25/50/
-  100% of the run (mean of the logged values in a window of 5% of the run around that point), the confident
-  fraction at the end, and the best validation Dice with its step.
+  100% of the run (the mean of the values logged in the last 5% of the run before that point, or the last
+  value logged before it; each logged value is itself a mean over ``tracking.log_every`` steps), the confident
+  fraction at the end, and the best validation Dice with its step. A run still training is read as far as it
+  got, against its configured ``train.steps``.
 
 Run: ``.venv/bin/python benchmarks/pseudo_dice.py STORE [STORE ...] --output docs/figures [--dataset acdc]``,
 each ``STORE`` an accuracy output folder's MLflow store (``<output>/<dataset>/mlflow.db``) or tracking URI.
@@ -44,10 +46,14 @@ class RunCurves:
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
 
     def at(self, key: str, fraction: float) -> float | None:
-        """Mean of ``key`` over the logged steps within ``WINDOW`` of the run before ``fraction`` of it."""
+        """Mean of ``key`` over the logged steps in the ``WINDOW`` of the run ending at ``fraction`` of it (the
+        last value logged before that point where the window holds none; ``None`` before the first)."""
         hi = fraction * self.steps
-        values = [v for s, v in self.curves.get(key, []) if hi - WINDOW * self.steps <= s <= hi]
-        return sum(values) / len(values) if values else None
+        before = [(s, v) for s, v in self.curves.get(key, []) if s <= hi]
+        values = [v for s, v in before if s >= hi - WINDOW * self.steps]
+        if values:
+            return sum(values) / len(values)
+        return before[-1][1] if before else None
 
     def best_val(self) -> tuple[float, int] | None:
         points = self.curves.get("val/dice_mean", [])
@@ -58,8 +64,10 @@ class RunCurves:
 
 
 def read_store(uri: str) -> list[RunCurves]:
-    """Every finished or running training run of the store that logged ``train/pseudo_dice``."""
+    """Every run of the store (finished, running or killed) that logged ``train/pseudo_dice``."""
     if "://" not in uri and not uri.startswith("sqlite:"):
+        if not Path(uri).is_file():  # sqlite would create an empty store and find nothing
+            raise SystemExit(f"{uri}: no such MLflow store (expected <accuracy output>/<dataset>/mlflow.db)")
         uri = f"sqlite:///{Path(uri).resolve()}"
     client = MlflowClient(tracking_uri=uri)
     runs = []
@@ -76,7 +84,8 @@ def read_store(uri: str) -> list[RunCurves]:
             }
             name = run.info.run_name or run.info.run_id
             steps = steps or max(s for c in curves.values() for s, _ in c)
-            runs.append(RunCurves(name, steps, {k: sorted(v) for k, v in curves.items()}))
+            if steps > 0:  # a run killed before its first logged step has no curve to show
+                runs.append(RunCurves(name, steps, {k: sorted(v) for k, v in curves.items()}))
     return sorted(runs, key=lambda r: r.name)
 
 

@@ -6,7 +6,9 @@ channels of the case ``CASE``. In a folder where no file ends in ``_0000`` (and 
 nnU-Net names), names are taken as plain case ids, so an MSD dataset with ids like ``case_0001`` is not
 misread as channel 1 of ``case``. Hidden files are skipped. Only names are looked at here; no image is opened.
 
-The underscored helpers are shared with :mod:`medcl.data.dataset` and :mod:`medcl.data.image_folder`.
+:func:`image_files` is the one listing of a folder's image files (training data, ``evaluate``'s folders,
+``infer`` inputs); the underscored helpers are shared with :mod:`medcl.data.dataset` and
+:mod:`medcl.data.image_folder`.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 
 from medcl.errors import DataError
 
-__all__ = ["IMAGE_EXTENSIONS", "case_id_from_path"]
+__all__ = ["IMAGE_EXTENSIONS", "case_id_from_path", "image_files"]
 
 IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 

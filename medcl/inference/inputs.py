@@ -32,7 +32,9 @@ def _strip(name: str) -> str:
 
 def _is_dicom_dir(path: Path) -> bool:
     return path.is_dir() and any(
-        p.suffix.lower() == ".dcm" or p.suffix == "" for p in path.iterdir() if p.is_file()
+        p.suffix.lower() == ".dcm" or p.suffix == ""
+        for p in path.iterdir()
+        if p.is_file() and not p.name.startswith(".")  # not .DS_Store and other hidden files
     )
 
 

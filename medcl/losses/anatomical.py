@@ -17,11 +17,12 @@ over the classes that contribute queries; a class without hard pixels is skipped
 reference divides by all present classes); (iii) the negatives of a class's queries are drawn through a
 shared pool: ``NEGATIVE_POOL * M`` pixels are drawn i.i.d. from the class's negative distribution, and each
 query takes ``M`` distinct pool slots (a window at a random offset). Slots chosen without looking at the
-pool's values pick i.i.d. draws, so every query's ``M`` negatives have exactly the reference's distribution;
-only queries of the same class now share some negatives. The similarities are then one ``(Q, D) x (D, P)``
-product per class instead of a ``(Q, M, D)`` gather of negatives (268 MB per step at the ACDC CPU recipe's 4
-classes x 256 queries x 512 negatives x 128 dims): forward + backward 35 vs 273 ms, 0.4 vs 263 MiB peak, on
-65536 pixels and 2 threads (``benchmarks/bench_losses.py --only anco-acdc``). With fewer than two present classes there are no negatives and
+pool's values pick i.i.d. draws, so every query's ``M`` negatives have exactly the reference's distribution
+and the expected loss is unchanged; queries of the same class now share negatives (two of them share
+``M / NEGATIVE_POOL`` on average), so the estimate over queries is noisier. The similarities are then one ``(Q, D) x (D, P)``
+product per class instead of a ``(Q, M, D)`` gather of negatives (268 MB per step at the reference's sizes,
+4 classes x 256 queries x 512 negatives x 128 dims), and only the drawn rows are normalised: forward +
+backward 35 vs 273 ms on 65536 pixels and 2 threads (``benchmarks/bench_losses.py --only anco-acdc``). With fewer than two present classes there are no negatives and
 the loss is 0. ACTION uses ``tau = 0.5``; ACTION++ schedules it with ATS (``medcl.schedules``).
 
 The sampling (:func:`sample_anco`) and the loss on given samples (:func:`anco_loss_from_samples`) are

@@ -28,3 +28,17 @@ def test_rebuild_puts_the_all_labeled_cells_on_a_bound_line_not_in_a_column(
     assert "FixMatch (one network" not in md  # a skipped cell makes no row
     assert (tmp_path / "out" / "accuracy-acdc.png").stat().st_size > 10_000
     assert md.strip() in capsys.readouterr().out
+
+
+def test_a_cell_measured_again_replaces_the_earlier_one(tmp_path: Path, benchmark_script) -> None:
+    accuracy = benchmark_script("accuracy")
+    old = tmp_path / "old.jsonl"
+    new = tmp_path / "new.jsonl"
+    old.write_text(
+        json.dumps({"row": "actionpp", "n": 3, "seed": 0, "dice": 0.50, "seconds": 1}) + "\n"
+        + json.dumps({"row": "actionpp", "n": 3, "seed": 1, "dice": 0.60, "seconds": 1}) + "\n"
+    )  # fmt: skip
+    new.write_text(json.dumps({"row": "actionpp", "n": 3, "seed": 0, "dice": 0.70, "seconds": 1}) + "\n")
+    accuracy.rebuild([old, new], None, None, tmp_path / "out", "acdc")
+    md = (tmp_path / "out" / "accuracy-acdc.md").read_text(encoding="utf-8")
+    assert "| ACTION++ | 0.650 ± 0.071 |" in md  # seed 0 from the new file, seed 1 from the old one

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -27,7 +26,6 @@ def store(tmp_path: Path) -> Path:
     plain = client.create_run(exp, run_name="supervised-n3-s0")
     client.log_metric(plain.info.run_id, "val/dice_mean", 0.7, step=100)
     client.set_terminated(plain.info.run_id)
-    mlflow.set_tracking_uri(None)
     return db
 
 
@@ -43,6 +41,7 @@ def test_curves_table_and_figure_from_a_store(
     assert run.at("train/pseudo_dice", 0.1) == pytest.approx(0.075)
     assert run.at("train/pseudo_dice", 1.0) == pytest.approx(0.975)
     assert run.best_val() == (0.6, 50)
+    assert run.at("train/pseudo_dice", 0.02) == pytest.approx(0.0)  # empty window: the last value before it
     md = mod.table(runs)
     assert "| mcsc-n3-s0 (100) | 0.075 | 0.225 | 0.475 | 0.975 | 0.500 | 0.600 (50) |" in md
     assert "| mcsc-n3-s0 (100), Transformer's pseudo-labels (teach the CNN) | 0.200 | 0.200 | 0.200 | 0.200 |" in md
