@@ -41,7 +41,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from medcl.losses.anatomical import anco_loss_from_samples, sample_anco
+from medcl.losses.anatomical import _prototypes, anco_loss_from_samples, sample_anco
 from medcl.losses.global_contrast import GlobalContrastiveLoss
 from medcl.losses.local_contrast import LocalContrastiveLoss
 from medcl.models.heads import RegionProjectionHead
@@ -94,9 +94,8 @@ def loop_local_loss(f1, f2, weight, positions, negative_sets) -> torch.Tensor:
 
 def gather_anco(rep, labels, samples, tau) -> torch.Tensor:
     """AnCo with every query's negatives gathered as a ``(V, Q, M, D)`` tensor (the reference's layout)."""
-    use, k = samples.has_queries, int(labels.max()) + 1
-    protos = torch.zeros(k, rep.shape[1]).index_add_(0, labels, rep.detach())
-    protos = protos / torch.bincount(labels, minlength=k).clamp(min=1).unsqueeze(1)
+    use = samples.has_queries
+    protos, _ = _prototypes(rep, labels, int(labels.max()) + 1)  # the same positives as medcl's
     positive = F.normalize(protos[samples.classes[use]], dim=1)  # (V, D)
     rep_n = F.normalize(rep, dim=1)  # (N, D)
     queries = rep_n[samples.query_index[use]]  # (V, Q, D)

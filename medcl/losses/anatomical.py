@@ -22,7 +22,7 @@ and the expected loss is unchanged; queries of the same class now share negative
 ``M / NEGATIVE_POOL`` on average), so the estimate over queries is noisier. The similarities are then one ``(Q, D) x (D, P)``
 product per class instead of a ``(Q, M, D)`` gather of negatives (268 MB per step at the reference's sizes,
 4 classes x 256 queries x 512 negatives x 128 dims), and only the drawn rows are normalised: forward +
-backward 35 vs 273 ms on 65536 pixels and 2 threads (``benchmarks/bench_losses.py --only anco-acdc``). With fewer than two present classes there are no negatives and
+backward 32 vs 273 ms on 65536 pixels and 2 threads (``benchmarks/bench_losses.py --only anco-acdc``). With fewer than two present classes there are no negatives and
 the loss is 0. ACTION uses ``tau = 0.5``; ACTION++ schedules it with ATS (``medcl.schedules``).
 
 The sampling (:func:`sample_anco`) and the loss on given samples (:func:`anco_loss_from_samples`) are

@@ -116,11 +116,8 @@ def saacl_loss(
     # (the queue is full after its first few steps) instead of masking an (N, M) matrix.
     a_tau = a / tau  # (N, D)
     logits_c = a_tau @ c.T  # (N, K)
-    k_filled = k if bool(filled.all()) else k[filled]  # (M', D)
-    parts = [
-        torch.logsumexp(a_tau @ k_filled.T, dim=1) if k_filled.shape[0] else a.new_full((n,), -torch.inf),
-        torch.logsumexp(logits_c, dim=1),
-    ]
+    k_filled = k if bool(filled.all()) else k[filled]  # (M', D); M' = 0 gives a logsumexp of -inf
+    parts = [torch.logsumexp(a_tau @ k_filled.T, dim=1), torch.logsumexp(logits_c, dim=1)]  # (N,) each
     # Sum over an anchor's same-class keys of a . k / tau is a . (sum of those keys) / tau: per-class key sums
     # (K, D) instead of an (N, M) positive mask. Empty slots go to an extra row that no label reads.
     num_classes = c.shape[0]

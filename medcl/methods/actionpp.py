@@ -348,8 +348,9 @@ class ActionPP(StudentTeacher):
             valid = torch.ones_like(y_l, dtype=torch.bool)
             if strong is not None:
                 valid = torch.cat([valid, strong.confident(p.anco.weak_threshold)])
-            prob = torch.softmax(logits.detach().float(), dim=1)  # (B, K, *S)
-            flat = flatten_valid(rep, self._subsample(labels), self._subsample(valid), self._subsample(prob))
+            # Class probabilities only at the representation's pixels: (B, K, *S / s).
+            prob = torch.softmax(self._subsample(logits.detach()).float(), dim=1)
+            flat = flatten_valid(rep, self._subsample(labels), self._subsample(valid), prob)
             l_anco = anatomical_contrast_loss(
                 *flat,
                 k,
