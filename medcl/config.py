@@ -33,6 +33,8 @@ from medcl.schedules import StepCount
 #: Rule for names that become folder names (workflow, stage and run names): a letter, then letters, digits,
 #: '_' or '-'. No '/', '..' or absolute path gets through, so the folder stays where medcl puts it.
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]*$"
+#: The runs folder (run folders, the MLflow store ``mlflow.db`` and its artifacts) when none is given.
+DEFAULT_RUNS = "medcl_runs"
 
 
 class Section(BaseModel):
@@ -267,7 +269,7 @@ class Config(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     val: ValConfig = Field(default_factory=ValConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
-    output: str = Field("medcl_runs", description="Folder for run folders, checkpoints and the MLflow store.")
+    output: str = Field(DEFAULT_RUNS, description="Folder for run folders, checkpoints and the MLflow store.")
     init: str | None = Field(None, description="Initialise weights from a checkpoint or MLflow run.")
 
     @property

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-RUNS_DEFAULT = "medcl_runs"
+from medcl.config import DEFAULT_RUNS as RUNS_DEFAULT
 _noted: set[str] = set()
 
 

@@ -22,6 +22,7 @@ import torch
 from monai.data.meta_tensor import MetaTensor
 from monai.transforms import Compose, Invertd, KeepLargestConnectedComponent, LoadImaged
 
+from medcl.config import DEFAULT_RUNS
 from medcl.data.transforms import volume_transforms
 from medcl.errors import DataError
 from medcl.inference.window import make_inferer
@@ -128,7 +129,7 @@ class Predictor:
         device: str = "auto",
         precision: str = "auto",
         tracking_uri: str | None = None,
-        output: str | Path = "medcl_runs",
+        output: str | Path = DEFAULT_RUNS,
     ) -> Predictor:
         path = resolve_checkpoint(source, tracking_uri, output)
         state = load_checkpoint(path, map_location="cpu")

@@ -20,6 +20,7 @@ import os
 import re
 from pathlib import Path
 
+from medcl.config import DEFAULT_RUNS
 from medcl.errors import MedclError
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ def candidate_stores(tracking_uri: str | None, runs: str | Path | None) -> tuple
     first: list[str] = []
     missing: list[str] = []
     try:
-        first.append(resolve_store(tracking_uri, runs or "medcl_runs", create=False)[0])
+        first.append(resolve_store(tracking_uri, runs or DEFAULT_RUNS, create=False)[0])
     except MedclError as exc:
         missing.append(str(exc))
     stores = first + [u for u in known_stores() if u not in first]
@@ -248,7 +249,7 @@ def results_store(
     from medcl.tracking.mlflow_tracking import resolve_store
 
     named = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or runs
-    folder = Path(runs or "medcl_runs").expanduser()
+    folder = Path(runs or DEFAULT_RUNS).expanduser()
     root: str | None
     if named:
         uri, root = resolve_store(tracking_uri, folder)

@@ -36,7 +36,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from medcl.config import NAME_PATTERN
+from medcl.config import DEFAULT_RUNS, NAME_PATTERN
 from medcl.config_files import Override, load_yaml, parse_override
 from medcl.errors import ConfigError
 from medcl.workflows.paths import absolute, absolute_if_file, override_path, rebase_paths
@@ -176,7 +176,7 @@ class Workflow(_Strict):
     )
     description: str = ""
     data: str | None = Field(None, description="Default dataset folder of the stages; ${data}.")
-    output: str = Field("medcl_runs", description="Runs, MLflow store and workflow state (--output).")
+    output: str = Field(DEFAULT_RUNS, description="Runs, MLflow store and workflow state (--output).")
     tracking_uri: str | None = Field(None, description="MLflow store; default sqlite under output.")
     experiment: str | None = Field(
         None, description="MLflow experiment of all runs; default workflow-<name>."
