@@ -123,10 +123,11 @@ class ActionPPParams(TeacherParams, SupervisedLossParams):
     pseudo_threshold: float = Field(
         0.97, ge=0, le=1, description="Teacher confidence of a 'confident' pixel."
     )
-    unsup_weighting: Literal["fraction", "mask"] = Field(
+    unsup_weighting: Literal["fraction", "mask", "dice_ce"] = Field(
         "fraction",
         description="fraction: CE on all pixels x fraction of confident pixels per image (code); mask: CE on "
-        "confident pixels only.",
+        "confident pixels only; dice_ce: FixMatch/UniMatch's ce_weight x CE on confident pixels (over all "
+        "pixels) + dice_weight x Dice on confident pixels.",
     )
     mix: MixMode = Field("classmix", description="Strong view mixing: classmix (code default), cutmix, none.")
     jitter_prob: float = Field(0.5, ge=0, le=1, description="Strong view: colour jitter probability.")
@@ -228,19 +229,24 @@ class ActionPP(StudentTeacher):
         return t[index]
 
     def unsup_loss(self, logits: Tensor, pseudo: Tensor, confidence: Tensor) -> Tensor:
-        """Pseudo-label cross-entropy on the strong view.
+        """Pseudo-label loss on the strong view.
 
         ``fraction`` (the authors'): per-pixel CE, times the fraction of the image's pixels with confidence
         >= ``pseudo_threshold``, averaged over pixels with non-zero loss. ``mask``: CE averaged over the
-        confident pixels only.
+        confident pixels only. ``dice_ce``: the supervised loss restricted to the confident pixels, as
+        FixMatch's (:meth:`~medcl.methods.supervised_loss.SupervisedLoss.masked`: CE summed over them and
+        divided by every pixel, plus the masked Dice), so the small foreground structures weigh as much as the
+        background that most confident pixels are.
 
         Args:
             logits: Student logits on the strong view. Shape: ``(B, K, *S)``.
             pseudo: Mixed pseudo-labels. Shape: ``(B, *S)``.
             confidence: Mixed teacher confidences. Shape: ``(B, *S)``.
         """
-        ce = F.cross_entropy(logits.float(), pseudo, reduction="none")  # (B, *S)
         mask = confident(confidence, self.params.pseudo_threshold)  # (B, *S)
+        if self.params.unsup_weighting == "dice_ce":
+            return self.sup_loss.masked(logits, pseudo, mask)
+        ce = F.cross_entropy(logits.float(), pseudo, reduction="none")  # (B, *S)
         if self.params.unsup_weighting == "mask":
             return (ce * mask).sum() / mask.sum().clamp(min=1)
         frac = mask.flatten(1).float().mean(dim=1)  # (B,)
