@@ -28,13 +28,12 @@ from pydantic import (
     model_validator,
 )
 
+from medcl.defaults import DEFAULT_RUNS
 from medcl.schedules import StepCount
 
 #: Rule for names that become folder names (workflow, stage and run names): a letter, then letters, digits,
 #: '_' or '-'. No '/', '..' or absolute path gets through, so the folder stays where medcl puts it.
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]*$"
-#: The runs folder (run folders, the MLflow store ``mlflow.db`` and its artifacts) when none is given.
-DEFAULT_RUNS = "medcl_runs"
 
 
 class Section(BaseModel):

@@ -15,7 +15,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "medcl"
 
 #: Layer of each top-level module or package of medcl (docs/architecture.md, "Layers").
 LAYERS: dict[str, int] = {
-    **dict.fromkeys(["config", "config_files", "errors", "precision", "schedules", "shipped", "runtime"], 0),
+    **dict.fromkeys(
+        ["config", "config_files", "defaults", "errors", "precision", "schedules", "shipped", "runtime"], 0
+    ),
     **dict.fromkeys(["losses", "models", "data"], 1),
     "methods": 2,
     **dict.fromkeys(["engine", "inference", "evaluation", "tracking"], 3),

@@ -6,6 +6,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from medcl.commands.flags import add_runs_flag
+from medcl.defaults import DEFAULT_RUNS
 
 if TYPE_CHECKING:  # pydantic is imported when a config is read, not for `medcl --help`
     from medcl.config import Config
@@ -70,7 +71,7 @@ def add_training_flags(
     add_runs_flag(
         p,
         "runs folder: run folders, checkpoints and the MLflow store DIR/mlflow.db -> output "
-        "(default medcl_runs; --output is its old spelling)",
+        f"(default {DEFAULT_RUNS}; --output is its old spelling)",
     )
     p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (default: sqlite under --runs)")
     p.add_argument(

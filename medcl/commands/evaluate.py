@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from medcl.commands.flags import add_compute_flags, add_runs_flag
+from medcl.defaults import DEFAULT_RUNS
 from medcl.errors import ConfigError
 
 _FOLDER_FLAGS = ("pred", "gt", "labels")
@@ -70,7 +71,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_runs_flag(
         model,
         "runs folder whose MLflow store gets the evaluation run (default: the store the model came from, "
-        "else medcl_runs); the summary goes to DIR/evaluations/<subset>-<timestamp>/ unless -o is given",
+        f"else {DEFAULT_RUNS}); the summary goes to DIR/evaluations/<subset>-<timestamp>/ unless -o is given",
     )
     model.add_argument(
         "--tracking-uri", metavar="URI", help="MLflow tracking URI (default: sqlite under --runs)"

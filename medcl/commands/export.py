@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from medcl.defaults import DEFAULT_RUNS
 from medcl.errors import MedclError
 
 FORMATS = ("bundle", "torchscript", "onnx")  # medcl.inference.export.FORMATS, without importing torch
@@ -34,7 +35,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--runs",
         metavar="DIR",
         help="the runs folder training used, searched first for run ids and models:/ URIs (default "
-        "medcl_runs; then every store medcl has written to)",
+        f"{DEFAULT_RUNS}; then every store medcl has written to)",
     )
     p.set_defaults(func=run)
 

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from medcl.commands.flags import add_compute_flags
+from medcl.defaults import DEFAULT_RUNS
 from medcl.errors import MedclError
 
 __all__ = [  # noqa: F822 (lazy, below)
@@ -90,7 +91,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--runs",
         metavar="DIR",
         help="the runs folder training used, searched first for run ids and models:/ URIs (default "
-        "medcl_runs; then every store medcl has written to)",
+        f"{DEFAULT_RUNS}; then every store medcl has written to)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

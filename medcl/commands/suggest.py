@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from medcl.commands.flags import add_compute_flags
+from medcl.defaults import DEFAULT_RUNS
 from medcl.errors import MedclError
 
 
@@ -87,7 +88,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--runs",
         metavar="DIR",
         help="runs folder: searched first for run ids and models:/ URIs; its store gets the suggestion run "
-        "(default: the store the model came from, else an existing medcl_runs; none: nothing is logged)",
+        f"(default: the store the model came from, else an existing {DEFAULT_RUNS}; none: nothing is logged)",
     )
     p.add_argument("--tracking-uri", metavar="URI", help="MLflow store (default: sqlite under --runs)")
     p.add_argument("--no-tracking", action="store_true", help="log nothing to MLflow")

@@ -19,7 +19,8 @@ import sys
 import time
 import urllib.request
 
-from medcl.commands.flags import RUNS_DEFAULT, add_runs_flag
+from medcl.commands.flags import add_runs_flag
+from medcl.defaults import DEFAULT_RUNS
 from medcl.errors import MedclError
 
 STOP_GRACE_S = 10.0  # SIGTERM, then SIGKILL for what is left: huey consumers can take seconds to exit
@@ -28,7 +29,7 @@ PROGRESS_EVERY_S = 15.0
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("ui", help="open the MLflow UI over medcl's tracking store")
-    add_runs_flag(p, "the runs folder training used (default medcl_runs)", default=RUNS_DEFAULT)
+    add_runs_flag(p, f"the runs folder training used (default {DEFAULT_RUNS})", default=DEFAULT_RUNS)
     p.add_argument("--tracking-uri", help="tracking store URI instead of <runs>/mlflow.db")
     p.add_argument(
         "--host",

@@ -22,8 +22,8 @@ import torch
 from monai.data.meta_tensor import MetaTensor
 from monai.transforms import Compose, Invertd, KeepLargestConnectedComponent, LoadImaged
 
-from medcl.config import DEFAULT_RUNS
 from medcl.data.transforms import volume_transforms
+from medcl.defaults import DEFAULT_RUNS
 from medcl.errors import DataError
 from medcl.inference.window import make_inferer
 from medcl.methods import DataSpec, build_method, validate_config

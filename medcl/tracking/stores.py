@@ -20,7 +20,7 @@ import os
 import re
 from pathlib import Path
 
-from medcl.config import DEFAULT_RUNS
+from medcl.defaults import DEFAULT_RUNS
 from medcl.errors import MedclError
 
 log = logging.getLogger(__name__)

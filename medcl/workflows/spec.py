@@ -36,8 +36,9 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from medcl.config import DEFAULT_RUNS, NAME_PATTERN
+from medcl.config import NAME_PATTERN
 from medcl.config_files import Override, load_yaml, parse_override
+from medcl.defaults import DEFAULT_RUNS
 from medcl.errors import ConfigError
 from medcl.workflows.paths import absolute, absolute_if_file, override_path, rebase_paths
 from medcl.workflows.references import (

@@ -8,6 +8,7 @@ import pytest
 
 from medcl.cli import build_parser
 from medcl.commands import flags
+from medcl.defaults import DEFAULT_RUNS
 
 
 def test_runs_flag_everywhere_and_old_output_still_works_with_one_note(monkeypatch, capsys) -> None:
@@ -35,7 +36,7 @@ def test_runs_flag_everywhere_and_old_output_still_works_with_one_note(monkeypat
 def test_the_old_spelling_is_hidden_and_the_new_one_wins_when_last(monkeypatch, capsys) -> None:
     monkeypatch.setattr(flags, "_noted", set())
     parser = argparse.ArgumentParser()
-    flags.add_runs_flag(parser, "runs folder", default=flags.RUNS_DEFAULT)
+    flags.add_runs_flag(parser, "runs folder", default=DEFAULT_RUNS)
     assert parser.parse_args([]).runs == "medcl_runs"
     assert parser.parse_args(["--output", "old", "--runs", "new"]).runs == "new"  # one dest: the last wins
     assert parser.parse_args(["--runs", "new", "--output", "old"]).runs == "old"
