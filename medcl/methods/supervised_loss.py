@@ -23,6 +23,7 @@ from typing import Any
 
 import torch.nn.functional as F
 from monai.losses import DiceCELoss, MaskedDiceLoss
+from monai.networks.utils import one_hot
 from pydantic import Field
 from pydantic.fields import FieldInfo
 from torch import Tensor, nn
@@ -92,9 +93,9 @@ class SupervisedLoss(nn.Module):
             lambda_dice=dice_weight,
             lambda_ce=ce_weight,
         )
-        self.masked_dice = MaskedDiceLoss(
-            include_background=include_background, to_onehot_y=True, softmax=True
-        )
+        # One-hot targets given, not indices: MONAI masks the target before one-hot encoding it, so a masked-out
+        # pixel would become a background target (a missed background pixel when the background counts).
+        self.masked_dice = MaskedDiceLoss(include_background=include_background, softmax=True)
 
     @classmethod
     def from_params(cls, params: SupervisedLossParams) -> SupervisedLoss:
@@ -142,6 +143,7 @@ class SupervisedLoss(nn.Module):
             ce = F.cross_entropy(logits, labels, reduction="none")  # (B, *S)
             loss = loss + self.ce_weight * (ce * mask).sum() / mask.numel()
         if self.dice_weight:
-            dice = self.masked_dice(logits, labels.unsqueeze(1), mask=mask.unsqueeze(1))
+            target = one_hot(labels.unsqueeze(1), logits.shape[1])  # (B, K, *S)
+            dice = self.masked_dice(logits, target, mask=mask.unsqueeze(1))
             loss = loss + self.dice_weight * dice
         return loss

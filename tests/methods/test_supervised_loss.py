@@ -56,6 +56,12 @@ def test_masked_loss_on_a_2x2_image_by_hand() -> None:
     assert dice.item() == pytest.approx(dice_loss([P1[i] for i in kept], [Y1[i] for i in kept]), rel=1e-5)
     nothing = SupervisedLoss(0.5, 0.5).masked(LOGITS, labels, torch.zeros_like(mask))
     assert nothing.item() == pytest.approx(0.0, abs=1e-5)
+    # With the background, a masked-out pixel counts for no class either: not as a missed background pixel.
+    both = SupervisedLoss(dice_weight=1, ce_weight=0, include_background=True).masked(LOGITS, labels, mask)
+    dice_bg = dice_loss([1 - P1[i] for i in kept], [1 - Y1[i] for i in kept])
+    assert both.item() == pytest.approx(
+        (dice_bg + dice_loss([P1[i] for i in kept], [Y1[i] for i in kept])) / 2, rel=1e-5
+    )
 
 
 def test_negative_weights_are_rejected() -> None:
