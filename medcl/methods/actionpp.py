@@ -11,7 +11,8 @@ learns
 
 with ``L_sup = 0.5 (Dice + CE)`` on labeled slices (:class:`~medcl.methods.supervised_loss.SupervisedLoss`),
 ``L_unsup`` the pseudo-label cross-entropy weighted per image by the fraction of pixels with teacher confidence
->= 0.97 (the authors' ReCo-style weighting, or a plain confidence mask), ``L_anco`` the anatomical contrast
+>= 0.97 (the authors' ReCo-style weighting, or a plain confidence mask, or FixMatch's masked CE + Dice:
+``method.unsup_weighting``), ``L_anco`` the anatomical contrast
 (:mod:`medcl.losses.anatomical`) on a representation head over all decoder maps, and ``L_saacl`` the supervised
 adaptive anatomical contrast against uniform class centers (:mod:`medcl.losses.saacl`,
 :mod:`medcl.models.centers`). Temperatures follow ``method.schedule`` (ATS, :mod:`medcl.schedules`).

@@ -112,7 +112,7 @@ def test_saacl_batch_denominator_and_rep_scale(acdc, rep_head) -> None:
     assert method.pending_pushes == []  # no queue, nothing pushed
 
 
-def test_unsup_loss_fraction_and_mask_weightings_by_hand(acdc) -> None:
+def test_unsup_loss_fraction_mask_and_dice_ce_weightings_by_hand(acdc) -> None:
     method, _, _ = acdc.setup("actionpp", "method.anco.weight=0", "method.saacl.weight=0")
     logits = torch.tensor([[[[2.0, 0.0]], [[0.0, 0.0]]]])  # (1, 2, 1, 2): K = 2, two pixels
     pseudo = torch.tensor([[[0, 1]]])
@@ -122,16 +122,16 @@ def test_unsup_loss_fraction_and_mask_weightings_by_hand(acdc) -> None:
     assert method.unsup_loss(logits, pseudo, conf).item() == pytest.approx((ce[0] + ce[1]) / 2 / 2, rel=1e-6)
     method.params = method.params.model_copy(update={"unsup_weighting": "mask"})
     assert method.unsup_loss(logits, pseudo, conf).item() == pytest.approx(ce[0], rel=1e-6)  # confident only
-    # dice_ce: ce_weight * CE of the confident pixel over both pixels + dice_weight * Dice on the confident
-    # pixel alone; background is left out of the Dice, so it is class 1's: no overlap (the pseudo-label is
-    # class 0), predicted mass 1 - p0, MONAI's smoothing 1e-5 on both sides.
+    # dice_ce, the confident pixel pseudo-labelled foreground (class 1): ce_weight * its CE over both pixels +
+    # dice_weight * class 1's Dice on it alone (background left out; MONAI's smoothing 1e-5 on both sides).
     method.params = method.params.model_copy(update={"unsup_weighting": "dice_ce"})
     sup = method.sup_loss
-    assert not sup.include_background
-    p0 = math.exp(2) / (math.exp(2) + 1)
-    dice = 1 - 1e-5 / ((1 - p0) + 1e-5)
+    assert not sup.include_background and sup.ce_weight > 0 and sup.dice_weight > 0
+    pseudo = torch.tensor([[[1, 0]]])
+    p1 = 1 / (math.exp(2) + 1)  # softmax of pixel 0 for class 1
+    dice = 1 - (2 * p1 + 1e-5) / (p1 + 1 + 1e-5)
     loss = method.unsup_loss(logits, pseudo, conf).item()
-    assert loss == pytest.approx(sup.ce_weight * ce[0] / 2 + sup.dice_weight * dice, rel=1e-5)
+    assert loss == pytest.approx(sup.ce_weight * -math.log(p1) / 2 + sup.dice_weight * dice, rel=1e-5)
     # Changing the unconfident pixel's logits changes nothing: only confident pixels count.
     other = logits.clone()
     other[0, :, 0, 1] = torch.tensor([-3.0, 5.0])
