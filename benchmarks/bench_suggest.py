@@ -14,8 +14,9 @@ Compared: every strategy, ``random`` over ``--draws`` draws (mean and spread), a
 of the pool (the papers' protocol). Target: the best strategy above the random mean by more than the random
 spread. Also reported: the cost of ``suggest`` per case.
 
-Run (CPU; hours at full size, the CPU recipe's 4000 steps per ACDC model):
-``.venv/bin/python benchmarks/bench_suggest.py --dataset acdc --steps 4000``
+Run (CPU; ten trainings: hours at full size, the CPU recipe's 5000 steps per ACDC model; measured with 1500
+steps, 78 min on 2 cores, on ACDC resampled once by ``accuracy.py --prepare .gpudata/acdc2mm``):
+``.venv/bin/python benchmarks/bench_suggest.py --dataset acdc --data-root .gpudata/acdc2mm --steps 1500``
 ``.venv/bin/python benchmarks/bench_suggest.py --dataset hippocampus`` (the CPU recipe, 3000 steps)
 ``.venv/bin/python benchmarks/bench_suggest.py --smoke`` (seconds: tiny model, 3 steps, a pool of a few cases;
 checks the plumbing, the numbers mean nothing)
