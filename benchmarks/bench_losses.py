@@ -103,7 +103,9 @@ def gather_anco(rep, labels, samples, tau) -> torch.Tensor:
     l_pos = torch.einsum("vqd,vd->vq", queries, positive).unsqueeze(-1)
     l_neg = torch.einsum("vqd,vqmd->vqm", queries, negatives)
     logits = torch.cat([l_pos, l_neg], dim=-1) / tau
-    return F.cross_entropy(logits.flatten(0, 1), torch.zeros(logits.shape[0] * logits.shape[1], dtype=torch.long))
+    return F.cross_entropy(
+        logits.flatten(0, 1), torch.zeros(logits.shape[0] * logits.shape[1], dtype=torch.long)
+    )
 
 
 def build(variant: str, impl: str) -> tuple[Callable[[], torch.Tensor], list[torch.Tensor]]:

@@ -44,7 +44,10 @@ def test_curves_table_and_figure_from_a_store(
     assert run.at("train/pseudo_dice", 0.02) == pytest.approx(0.0)  # empty window: the last value before it
     md = mod.table(runs)
     assert "| mcsc-n3-s0 (100) | 0.075 | 0.225 | 0.475 | 0.975 | 0.500 | 0.600 (50) |" in md
-    assert "| mcsc-n3-s0 (100), Transformer's pseudo-labels (teach the CNN) | 0.200 | 0.200 | 0.200 | 0.200 |" in md
+    assert (
+        "| mcsc-n3-s0 (100), Transformer's pseudo-labels (teach the CNN) | 0.200 | 0.200 | 0.200 | 0.200 |"
+        in md
+    )
     out = tmp_path / "out"  # the CLI writes the figure and the table
     monkeypatch.setattr("sys.argv", ["pseudo_dice.py", str(store), "--output", str(out), "--dataset", "acdc"])
     mod.main()
