@@ -52,9 +52,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import multiprocessing.connection
 import os
 import statistics
-import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -171,17 +173,22 @@ def markdown(
 
 
 def exit_with_parent() -> None:
-    """Worker initializer: on Linux, the kernel sends the worker SIGTERM when the benchmark process dies.
+    """Worker initializer: the worker exits as soon as the benchmark process that started it is gone.
 
-    A killed benchmark (``kill``, a closed terminal) runs no ``finally``, and without this its spawned workers
+    A killed benchmark (``kill -9``, a closed terminal) runs no ``finally``, and without this its spawned workers
     went on training, unseen, on the cores the next job needed (measured: a 20-minute cell kept running for 45
-    minutes after its parent was killed). Elsewhere nothing is set.
+    minutes after its parent was killed). A daemon thread waits on multiprocessing's parent sentinel, which
+    becomes ready when the parent dies, on every platform.
     """
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
+    parent = multiprocessing.parent_process()
+    if parent is None:  # not a multiprocessing child
+        return
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def run_cell(job: dict[str, Any]) -> dict[str, Any]:
