@@ -1,10 +1,10 @@
 """Flags with one name across commands, and old spellings that keep working with a deprecation note.
 
 One rule for every command: ``--runs DIR`` is the runs folder (run folders, the MLflow store
-``DIR/mlflow.db`` and its artifacts; default ``medcl.defaults.DEFAULT_RUNS``, ``medcl_runs``), and ``-o/--output`` is what the command itself
-produces (``infer``'s masks, ``data split``'s splits file). ``--output DIR`` used to mean the runs folder in
-``train``, ``pretrain``, ``finetune``, ``evaluate``, ``run`` and ``ui``; there it is still accepted, with a note
-printed once per process.
+``DIR/mlflow.db`` and its artifacts; default ``medcl_runs``: ``medcl.defaults.DEFAULT_RUNS``), and
+``-o/--output`` is what the command itself produces (``infer``'s masks, ``data split``'s splits file).
+``--output DIR`` used to mean the runs folder in ``train``, ``pretrain``, ``finetune``, ``evaluate``, ``run``
+and ``ui``; there it is still accepted, with a note printed once per process.
 """
 
 from __future__ import annotations

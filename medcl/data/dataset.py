@@ -46,10 +46,10 @@ from medcl.data.cases import Case, DatasetInfo, _check_unique_ids
 from medcl.data.dataset_json import parse_channel_names, parse_file_ending, parse_labels, read_dataset_json
 from medcl.data.discovery import (
     IMAGE_EXTENSIONS,
-    _image_extension,
     _scan_images,
     _scan_labels,
     case_id_from_path,
+    image_extension,
 )
 from medcl.data.files import _check_openable, _missing_reason
 from medcl.data.image_folder import find_images
@@ -177,7 +177,7 @@ def _resolve_listed_image(root: Path, entry: str, where: str) -> Case:
     path = root / entry
     if path.is_file():
         return Case(id=case_id_from_path(path, strip_channel=False), images=(path,), label=None)
-    ext = _image_extension(path.name)
+    ext = image_extension(path.name)
     if ext is not None and path.parent.is_dir():
         stem = path.name[: -len(ext)]
         channels = []

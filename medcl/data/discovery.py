@@ -19,7 +19,7 @@ from pathlib import Path
 
 from medcl.errors import DataError
 
-__all__ = ["IMAGE_EXTENSIONS", "case_id_from_path", "image_files"]
+__all__ = ["IMAGE_EXTENSIONS", "case_id_from_path", "image_extension", "image_files"]
 
 IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
@@ -41,7 +41,7 @@ def case_id_from_path(path: str | Path, *, strip_channel: bool = True) -> str:
         DataError: The file does not have a supported image extension.
     """
     name = Path(path).name
-    ext = _image_extension(name)
+    ext = image_extension(name)
     if ext is None:
         raise DataError(
             f"File {path} does not have a supported image extension ({', '.join(IMAGE_EXTENSIONS)})."
@@ -54,7 +54,7 @@ def case_id_from_path(path: str | Path, *, strip_channel: bool = True) -> str:
     return stem
 
 
-def _image_extension(name: str, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> str | None:
+def image_extension(name: str, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> str | None:
     lower = name.lower()
     for ext in sorted(extensions, key=len, reverse=True):
         if lower.endswith(ext) and len(name) > len(ext):
@@ -78,7 +78,7 @@ def image_files(folder: Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) ->
                 is_file = entry.is_symlink()
             if not is_file:
                 continue
-            ext = _image_extension(entry.name, extensions)
+            ext = image_extension(entry.name, extensions)
             if ext is not None:
                 found.append((folder / entry.name, entry.name[: -len(ext)]))
     return sorted(found)

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from medcl.data.cases import Case, DatasetInfo, _check_unique_ids
-from medcl.data.discovery import IMAGE_EXTENSIONS, _image_extension, _scan_images
+from medcl.data.discovery import IMAGE_EXTENSIONS, _scan_images, image_extension
 from medcl.data.files import _check_openable
 from medcl.errors import DataError
 
@@ -61,7 +61,7 @@ def find_images(
     extensions = extensions or IMAGE_EXTENSIONS
     root = Path(folder).expanduser()
     if root.is_file():
-        ext = _image_extension(root.name, extensions)
+        ext = image_extension(root.name, extensions)
         if ext is None:
             raise DataError(
                 f"{root} is not an image file ({', '.join(extensions)}); for a DICOM series give its folder."
@@ -85,7 +85,7 @@ def find_images(
         for case_id, paths in sorted(_scan_images(here, extensions, nnunet_names).items()):
             cases.append(Case(id=f"{prefix}{rel}{case_id}", images=paths, label=None))
         others = [
-            f for f in sorted(filenames) if not f.startswith(".") and _image_extension(f, extensions) is None
+            f for f in sorted(filenames) if not f.startswith(".") and image_extension(f, extensions) is None
         ]
         candidates = [f for f in others if _maybe_dicom(f)]
         if candidates and _dicom_series(here):

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medcl.data.dataset import IMAGE_EXTENSIONS
-from medcl.data.discovery import _image_extension, image_files
+from medcl.data.discovery import image_extension, image_files
 from medcl.errors import MedclError
 from medcl.inference.outputs import NIFTI_SUFFIXES, image_suffix
 
@@ -25,7 +25,7 @@ class InputCase:
 
 def _strip(name: str) -> str:
     """``name`` without its image extension (unchanged for other files, e.g. a DICOM folder)."""
-    ext = _image_extension(name)
+    ext = image_extension(name)
     return name[: -len(ext)] if ext else name
 
 
