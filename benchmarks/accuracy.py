@@ -27,6 +27,8 @@ Rows (each included only where its method is registered and, with ``--recipes cp
   supervised recipe initialised from it (``pretrain_global.yaml``, ``pretrain_local.yaml``, then
   ``supervised.yaml`` with ``init``: the same optimiser, augmentation and budget as the supervised row).
 * ``mcsc``: CNN + Transformer cross teaching with the multi-scale contrast (``mcsc.yaml``).
+* ``mcsc-cutmix``: MCSC trained on CPS's CutMix strong view of the unlabeled slices (``method.mix``; cpu recipe
+  ``mcsc_cutmix.yaml``).
 * ``actionpp``: ACTION++ stage 3 (``actionpp.yaml``), trained from scratch, or from a stages 1-2 pretraining
   on the same labeled cases with ``--actionpp-pretrain-steps``.
 Ablation rows (``--rows``): ``cross-teaching`` (MCSC without contrast), ``action`` (no SAACL, constant tau),
@@ -101,6 +103,7 @@ ROWS: dict[str, Row] = {
         label="FixMatch + feature perturbation (UniMatch FP)",
     ),
     "mcsc": Row("mcsc.yaml", "mcsc", label="MCSC"),
+    "mcsc-cutmix": Row("mcsc.yaml", "mcsc", ("method.mix=cutmix",), label="MCSC + CutMix strong view"),
     "cross-teaching": Row(
         "mcsc.yaml", "mcsc", ("method.contrast_weight=0",), label="cross teaching (MCSC, no contrast)"
     ),

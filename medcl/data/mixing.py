@@ -231,20 +231,20 @@ def gaussian_blur(
 def strong_view(
     images: Tensor,
     labels: Tensor,
-    confidence: Tensor,
-    *,
+    *targets: Tensor,
     mode: MixMode,
     num_classes: int,
     jitter_prob: float = 0.5,
     blur_prob: float = 0.5,
     generator: torch.Generator | None = None,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """The student's view of an unlabeled batch: mix (images, pseudo-labels, confidences), jitter, blur.
+) -> tuple[Tensor, ...]:
+    """The student's view of an unlabeled batch: mix (images, pseudo-labels, other targets), jitter, blur.
 
     Args:
         images: The teacher's (weak) view. Shape: ``(B, C, *S)``.
-        labels: The teacher's pseudo-labels. Shape: ``(B, *S)``, int64.
-        confidence: The teacher's max class probability. Shape: ``(B, *S)``.
+        labels: The teacher's pseudo-labels; ClassMix draws its classes from them. Shape: ``(B, *S)``, int64.
+        *targets: Further per-pixel maps mixed with the same masks: the teacher's max class probability
+            (FixMatch, ACTION++), the second network's pseudo-labels (MCSC). Shape: ``(B, *S)`` each.
         mode: ``"cutmix"``, ``"classmix"`` or ``"none"``.
         num_classes: ``K`` (ClassMix).
         jitter_prob: Probability of colour jitter per sample.
@@ -252,17 +252,17 @@ def strong_view(
         generator: Random source.
 
     Returns:
-        ``(images, labels, confidence)`` of the strong view, new tensors.
+        ``(images, labels, *targets)`` of the strong view, new tensors.
     """
+    mixed = (images, labels, *targets)
     if mode == "cutmix":
-        masks = cutmix_masks(images.shape[0], images.shape[2:], generator=generator, device=images.device)
-        images, labels, confidence = mix(masks, images, labels, confidence)
-    elif mode == "classmix":
-        images, labels, confidence = mix(
-            classmix_masks(labels, num_classes, generator=generator), images, labels, confidence
+        mixed = mix(
+            cutmix_masks(images.shape[0], images.shape[2:], generator=generator, device=images.device), *mixed
         )
+    elif mode == "classmix":
+        mixed = mix(classmix_masks(labels, num_classes, generator=generator), *mixed)
     elif mode != "none":
         raise ValueError(f"mode must be 'cutmix', 'classmix' or 'none'; got {mode!r}.")
-    images = colour_jitter(images, prob=jitter_prob, generator=generator)
+    images = colour_jitter(mixed[0], prob=jitter_prob, generator=generator)
     images = gaussian_blur(images, prob=blur_prob, generator=generator)
-    return images, labels, confidence
+    return (images, *mixed[1:])

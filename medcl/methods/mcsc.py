@@ -17,6 +17,11 @@ ones, grouped (spatial blocks or a random per-class sample) and contrasted with 
 :mod:`medcl.losses.mcsc_contrast`. Before ``contrast_warmup_steps`` only labeled images enter the contrast.
 ``contrast_weight: 0`` is the cross-teaching baseline (CTCT [2]): no projector is built or run.
 
+``mix: cutmix`` (not in [0]) adds CPS's strong view [3]: both networks first label the unlabeled slices
+without gradient, the slices are then mixed in pairs by random boxes (the label maps by the same boxes),
+colour-jittered and blurred, and ``x_U`` above is that strong view, with the mixed labels as the targets of
+L_cps and of the contrast. It costs one extra forward of both networks on ``x_U``, without gradient.
+
 Deviations from [1] (see the loss module for the contrast's own): blocks tile the whole map; anchors without
 positives are skipped; the λ ramp is continuous (not stepped every 150 iterations); the networks are MONAI's
 (BasicUNet/UNet and SwinUNETR, whose own output conv gives the logits, not an extra classifier); the coarse
@@ -30,6 +35,8 @@ MONAI's SwinUNETR; expect the Transformer to lag the CNN without pretraining, se
 [1] ``kathyliu579/MCSC`` @ 0fe180e, ``train_MCSC_2D_256_28.py`` (read, not copied).
 [2] X. Luo, M. Hu, T. Song, G. Wang, S. Zhang, "Semi-supervised medical image segmentation via cross teaching
     between CNN and Transformer", MIDL 2022. https://arxiv.org/abs/2112.04894
+[3] X. Chen, Y. Yuan, G. Zeng, J. Wang, "Semi-Supervised Semantic Segmentation with Cross Pseudo Supervision",
+    CVPR 2021. https://arxiv.org/abs/2106.01226
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ from pydantic import Field, field_validator
 from torch import Tensor, nn
 
 from medcl.config import ModelConfig
+from medcl.data.mixing import MixMode, step_generator, strong_view
 from medcl.errors import ConfigError
 from medcl.losses.mcsc_contrast import (
     block_groups,
@@ -145,6 +153,18 @@ class MCSCParams(MethodParams):
         0.075,
         description="Steps with only labeled images in the contrast: steps (integer) or a fraction of "
         "train.steps (decimal in [0, 1]; reference: 3000 of 40000 = 0.075).",
+    )
+    mix: MixMode = Field(
+        "none",
+        description="Strong view of the unlabeled slices (CPS with CutMix [3]): cutmix or classmix mixes them in "
+        "pairs, then colour jitter and blur, and each network learns the other's pseudo-labels of the unmixed "
+        "slices, mixed alike; none: the reference's single view.",
+    )
+    jitter_prob: float = Field(
+        0.8, ge=0, le=1, description="Strong view: colour jitter probability (FixMatch's 0.8); with mix only."
+    )
+    blur_prob: float = Field(
+        0.5, ge=0, le=1, description="Strong view: Gaussian blur probability (0.5); with mix only."
     )
     projector_hidden: int = Field(256, ge=1, description="Hidden width of the projectors.")
     projector_dim: int = Field(64, ge=1, description="Embedding size of the projectors.")
@@ -305,7 +325,25 @@ class MCSC(Method):
         unl = batch.get("unlabeled")
         y = lab["label"][:, 0]  # (B_L, *S)
         n_l = y.shape[0]
-        x = lab["image"] if unl is None else torch.cat([lab["image"], unl["image"]])  # (B, C, *S)
+        strong = None
+        if unl is not None and p.mix != "none":
+            # CPS with CutMix [3]: both networks label the unmixed slices (no gradient, training mode), the
+            # slices and both label maps are mixed by the same masks, and the networks train on the mix.
+            with torch.no_grad():
+                weak = (self.cnn(unl["image"]).argmax(1), self.transformer(unl["image"]).argmax(1))
+            generator = step_generator(self.run.seed, step, unl["image"].device)
+            strong = strong_view(
+                unl["image"],
+                *weak,
+                mode=p.mix,
+                num_classes=self.spec.num_classes,
+                jitter_prob=p.jitter_prob,
+                blur_prob=p.blur_prob,
+                generator=generator,
+            )  # (image, CNN labels, Transformer labels), mixed alike
+            x = torch.cat([lab["image"], strong[0]])
+        else:
+            x = lab["image"] if unl is None else torch.cat([lab["image"], unl["image"]])  # (B, C, *S)
         with_features = bool(self.heads)
         out_c = self.cnn(x, return_features=with_features)
         out_t = self.transformer(x, return_features=with_features)
@@ -313,9 +351,13 @@ class MCSC(Method):
         logits_t = out_t.logits if with_features else out_t  # (B, K, *S)
         sup_c = self._supervised(logits_c[:n_l], y)
         sup_t = self._supervised(logits_t[:n_l], y)
-        # Hard pseudo-labels of the unlabeled images, detached (argmax has no gradient anyway).
-        pseudo_c = logits_c[n_l:].detach().argmax(1)  # (B_U, *S)
-        pseudo_t = logits_t[n_l:].detach().argmax(1)  # (B_U, *S)
+        # Hard pseudo-labels of the unlabeled images, detached (argmax has no gradient anyway); with a strong
+        # view, those of the unmixed slices, mixed like the images.
+        if strong is None:
+            pseudo_c = logits_c[n_l:].detach().argmax(1)  # (B_U, *S)
+            pseudo_t = logits_t[n_l:].detach().argmax(1)  # (B_U, *S)
+        else:
+            pseudo_c, pseudo_t = strong[1], strong[2]
         if pseudo_c.shape[0]:
             cps_c = self.dice(logits_c[n_l:], pseudo_t[:, None])
             cps_t = self.dice(logits_t[n_l:], pseudo_c[:, None])
@@ -334,10 +376,12 @@ class MCSC(Method):
             unl is not None and "label" in unl and pseudo_c.shape[0]
         ):  # withheld labels: train.pseudo_dice only
             k = self.spec.num_classes
+            # Scored on the unmixed slices the withheld labels belong to.
+            own = (pseudo_c, pseudo_t) if strong is None else weak
             terms["pseudo_dice"] = pseudo_label_dice(
-                pseudo_c, unl["label"], k
+                own[0], unl["label"], k
             )  # CNN labels, teaching the Transformer
-            terms["pseudo_dice_transformer"] = pseudo_label_dice(pseudo_t, unl["label"], k)
+            terms["pseudo_dice_transformer"] = pseudo_label_dice(own[1], unl["label"], k)
         if with_features:
             # Labeled-only warm-up: unlabeled pixels (pseudo-labels) enter once the networks are sensible.
             n = n_l if step < p.contrast_warmup_steps else x.shape[0]

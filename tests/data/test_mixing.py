@@ -86,5 +86,19 @@ def test_strong_view_keeps_labels_consistent() -> None:
         generator=gen(8),
     )
     assert torch.equal(x[:, 0].long(), y) and c.shape == y.shape
+    # Any number of maps ride along, mixed by the same boxes (MCSC: both networks' pseudo-labels).
+    other = (labels + 1) % 3
+    x2, y2, o2 = strong_view(
+        images,
+        labels,
+        other,
+        mode="classmix",
+        num_classes=3,
+        jitter_prob=0.0,
+        blur_prob=0.0,
+        generator=gen(8),
+    )
+    assert torch.equal(x2[:, 0].long(), y2) and torch.equal(o2, (y2 + 1) % 3)
+    assert not torch.equal(y2, labels)
     with pytest.raises(ValueError, match="mode"):
         strong_view(images, labels, torch.ones(4, 16, 16), mode="mixup", num_classes=3)  # type: ignore[arg-type]

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from medcl.data.dataset import load_dataset
+from medcl.data.mixing import step_generator, strong_view
 from medcl.data.sampling import StepSampler, preprocess_volumes
 from medcl.data.transforms import sample_transforms, volume_transforms
 from medcl.engine.data_setup import data_spec
@@ -140,6 +141,43 @@ def test_contrast_weight_zero_is_cross_teaching_without_heads(hippocampus: Path)
     )
     assert all(not torch.equal(p, before[n]) for n, p in method.named_parameters() if n.endswith("weight"))
     assert [g["lr"] for g in method.param_groups()] == [cfg.optim.lr, cfg.optim.lr / 5]
+
+
+def test_cutmix_view_trains_each_network_on_the_others_labels_mixed_like_the_slices(
+    hippocampus: Path,
+) -> None:
+    cfg = build_config({"method": {"name": "mcsc"}}, [*PLAIN, "method.mix=cutmix"])
+    batch, spec = batches(hippocampus, cfg, n_cases=3, size=3)
+    torch.manual_seed(0)
+    method = build_method(cfg, spec)
+    x_l, x_u = batch["labeled"]["image"], batch["unlabeled"]["image"]
+    with torch.no_grad():  # what both networks say about the unmixed slices
+        weak = (method.cnn(x_u).argmax(1), method.transformer(x_u).argmax(1))
+    step = 7
+    image, mixed_c, mixed_t = strong_view(
+        x_u,
+        *weak,
+        mode="cutmix",
+        num_classes=spec.num_classes,
+        jitter_prob=cfg.method.jitter_prob,
+        blur_prob=cfg.method.blur_prob,
+        generator=step_generator(method.run.seed, step, x_u.device),
+    )
+    assert not torch.equal(mixed_c, weak[0])  # the boxes moved labels between slices
+    inputs = []
+    method.cnn.register_forward_pre_hook(lambda m, args, kwargs: inputs.append(args[0]), with_kwargs=True)
+    out = method(batch, step)
+    assert [tuple(x.shape) for x in inputs] == [tuple(x_u.shape), (6, *x_u.shape[1:])]
+    assert torch.equal(inputs[0], x_u) and torch.equal(inputs[1][:3], x_l)
+    assert torch.allclose(inputs[1][3:], image)  # the strong view, not the unlabeled slices
+    with torch.no_grad():
+        logits_c, logits_t = method.cnn(inputs[1])[3:], method.transformer(inputs[1])[3:]
+        expected_c = method.dice(logits_c, mixed_t[:, None])  # the CNN learns the Transformer's mixed labels
+        expected_t = method.dice(logits_t, mixed_c[:, None])
+    assert out["cps_cnn"].item() == pytest.approx(expected_c.item(), rel=1e-5)
+    assert out["cps_transformer"].item() == pytest.approx(expected_t.item(), rel=1e-5)
+    out["loss"].backward()
+    assert all(p.grad is not None for p in method.parameters() if p.requires_grad)
 
 
 def test_hippocampus_random_sampler_and_warmup(hippocampus: Path) -> None:
