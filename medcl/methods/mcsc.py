@@ -278,25 +278,23 @@ class MCSC(Method):
         unl = batch.get("unlabeled")
         y = lab["label"][:, 0]  # (B_L, *S)
         n_l = y.shape[0]
-        strong = None
-        if unl is not None and p.mix != "none":
+        x_u = None if unl is None else unl["image"]  # (B_U, C, *S)
+        weak = None  # both networks' labels of the unmixed unlabeled slices, with a strong view
+        if x_u is not None and p.mix != "none":
             # CPS with CutMix [3]: both networks label the unmixed slices (no gradient, training mode), the
             # slices and both label maps are mixed by the same masks, and the networks train on the mix.
             with torch.no_grad():
-                weak = (self.cnn(unl["image"]).argmax(1), self.transformer(unl["image"]).argmax(1))
-            generator = step_generator(self.run.seed, step, unl["image"].device)
-            strong = strong_view(
-                unl["image"],
+                weak = (self.cnn(x_u).argmax(1), self.transformer(x_u).argmax(1))
+            x_u, pseudo_c, pseudo_t = strong_view(
+                x_u,
                 *weak,
                 mode=p.mix,
                 num_classes=self.spec.num_classes,
                 jitter_prob=p.jitter_prob,
                 blur_prob=p.blur_prob,
-                generator=generator,
-            )  # (image, CNN labels, Transformer labels), mixed alike
-            x = torch.cat([lab["image"], strong[0]])
-        else:
-            x = lab["image"] if unl is None else torch.cat([lab["image"], unl["image"]])  # (B, C, *S)
+                generator=step_generator(self.run.seed, step, x_u.device),
+            )
+        x = lab["image"] if x_u is None else torch.cat([lab["image"], x_u])  # (B, C, *S)
         with_features = bool(self.heads)
         out_c = self.cnn(x, return_features=with_features)
         out_t = self.transformer(x, return_features=with_features)
@@ -305,12 +303,10 @@ class MCSC(Method):
         sup_c = self._supervised(logits_c[:n_l], y)
         sup_t = self._supervised(logits_t[:n_l], y)
         # Hard pseudo-labels of the unlabeled images, detached (argmax has no gradient anyway); with a strong
-        # view, those of the unmixed slices, mixed like the images.
-        if strong is None:
+        # view, those of the unmixed slices, mixed like the images (above).
+        if weak is None:
             pseudo_c = logits_c[n_l:].detach().argmax(1)  # (B_U, *S)
             pseudo_t = logits_t[n_l:].detach().argmax(1)  # (B_U, *S)
-        else:
-            pseudo_c, pseudo_t = strong[1], strong[2]
         if pseudo_c.shape[0]:
             cps_c = self.dice(logits_c[n_l:], pseudo_t[:, None])
             cps_t = self.dice(logits_t[n_l:], pseudo_c[:, None])
@@ -328,13 +324,13 @@ class MCSC(Method):
         if (
             unl is not None and "label" in unl and pseudo_c.shape[0]
         ):  # withheld labels: train.pseudo_dice only
-            k = self.spec.num_classes
             # Scored on the unmixed slices the withheld labels belong to.
-            own = (pseudo_c, pseudo_t) if strong is None else weak
+            own_c, own_t = weak or (pseudo_c, pseudo_t)
+            k = self.spec.num_classes
             terms["pseudo_dice"] = pseudo_label_dice(
-                own[0], unl["label"], k
-            )  # CNN labels, teaching the Transformer
-            terms["pseudo_dice_transformer"] = pseudo_label_dice(own[1], unl["label"], k)
+                own_c, unl["label"], k
+            )  # the CNN's, teaching the Transformer
+            terms["pseudo_dice_transformer"] = pseudo_label_dice(own_t, unl["label"], k)
         if with_features:
             # Labeled-only warm-up: unlabeled pixels (pseudo-labels) enter once the networks are sensible.
             n = n_l if step < p.contrast_warmup_steps else x.shape[0]
