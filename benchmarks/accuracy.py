@@ -352,8 +352,16 @@ def main() -> None:
     )
     parser.add_argument("--steps", type=int, help="training steps of every cell (paper: default 300)")
     parser.add_argument("--budget-scale", type=float, default=1.0, help="cpu: multiply each recipe's steps")
-    parser.add_argument("--global-steps", type=int, default=300, help="Chaitanya G^D pretraining steps")
-    parser.add_argument("--local-steps", type=int, default=200, help="Chaitanya L^R pretraining steps")
+    parser.add_argument(
+        "--global-steps",
+        type=int,
+        help="Chaitanya G^D pretraining steps (default: the cpu recipe's own, else 300)",
+    )
+    parser.add_argument(
+        "--local-steps",
+        type=int,
+        help="Chaitanya L^R pretraining steps (default: the cpu recipe's own, else 200)",
+    )
     parser.add_argument(
         "--actionpp-pretrain-steps",
         type=int,
@@ -438,6 +446,14 @@ def main() -> None:
     threads = max(1, (os.cpu_count() or 1) // max(args.jobs, 1))
 
     from medcl.services.configs import load_config
+
+    for attr, config, paper_steps in (
+        ("global_steps", "pretrain_global.yaml", 300),
+        ("local_steps", "pretrain_local.yaml", 200),
+    ):
+        if getattr(args, attr) is None:
+            cpu_recipe = args.recipes == "cpu" and (configs / config).is_file()
+            setattr(args, attr, load_config(configs / config, []).train.steps if cpu_recipe else paper_steps)
 
     experiment = f"{args.dataset}-accuracy"
     client = parent = uri = None
