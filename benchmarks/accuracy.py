@@ -338,6 +338,23 @@ def rebuild(
     print(f"figure: {out / f'accuracy-{dataset}.png'}")
 
 
+def pretraining_steps(
+    configs: Path, recipes: str, global_steps: int | None, local_steps: int | None
+) -> tuple[int, int]:
+    """Chaitanya G^D and L^R steps: those given, else the cpu recipes' own, else 300 and 200."""
+    from medcl.services.configs import load_config
+
+    steps = []
+    for given, config, paper_steps in (
+        (global_steps, "pretrain_global.yaml", 300),
+        (local_steps, "pretrain_local.yaml", 200),
+    ):
+        if given is None and recipes == "cpu" and (configs / config).is_file():
+            given = load_config(configs / config, []).train.steps
+        steps.append(paper_steps if given is None else given)
+    return steps[0], steps[1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -361,6 +378,12 @@ def main() -> None:
         "--local-steps",
         type=int,
         help="Chaitanya L^R pretraining steps (default: the cpu recipe's own, else 200)",
+    )
+    parser.add_argument(
+        "--chaitanya-init",
+        metavar="CHECKPOINT",
+        help="the chaitanya row starts from this G^D + L^R checkpoint (e.g. an earlier invocation's "
+        "runs/local-*/checkpoints/last.pt) instead of pretraining again: more seeds or N on one pretraining",
     )
     parser.add_argument(
         "--actionpp-pretrain-steps",
@@ -447,13 +470,9 @@ def main() -> None:
 
     from medcl.services.configs import load_config
 
-    for attr, config, paper_steps in (
-        ("global_steps", "pretrain_global.yaml", 300),
-        ("local_steps", "pretrain_local.yaml", 200),
-    ):
-        if getattr(args, attr) is None:
-            cpu_recipe = args.recipes == "cpu" and (configs / config).is_file()
-            setattr(args, attr, load_config(configs / config, []).train.steps if cpu_recipe else paper_steps)
+    args.global_steps, args.local_steps = pretraining_steps(
+        configs, args.recipes, args.global_steps, args.local_steps
+    )
 
     experiment = f"{args.dataset}-accuracy"
     client = parent = uri = None
@@ -511,7 +530,9 @@ def main() -> None:
     )
     try:
         pretrained: dict[str, str] = {}
-        if "chaitanya" in rows:
+        if "chaitanya" in rows and args.chaitanya_init:
+            pretrained["chaitanya"] = str(Path(args.chaitanya_init).resolve())
+        elif "chaitanya" in rows:
             g = pool.submit(
                 run_cell,
                 job(
@@ -625,7 +646,9 @@ def main() -> None:
             + (f" (rows {args.seed_rows} only after the first)" if args.seed_rows else "")
             + "; "
             + (
-                f"Chaitanya pretraining G^D {args.global_steps} + L^R {args.local_steps} steps; "
+                f"Chaitanya pretraining from {args.chaitanya_init}; "
+                if "chaitanya" in rows and args.chaitanya_init
+                else f"Chaitanya pretraining G^D {args.global_steps} + L^R {args.local_steps} steps; "
                 if "chaitanya" in rows
                 else ""
             )

@@ -42,3 +42,11 @@ def test_a_cell_measured_again_replaces_the_earlier_one(tmp_path: Path, benchmar
     accuracy.rebuild([old, new], None, None, tmp_path / "out", "acdc")
     md = (tmp_path / "out" / "accuracy-acdc.md").read_text(encoding="utf-8")
     assert "| ACTION++ | 0.650 ± 0.071 |" in md  # seed 0 from the new file, seed 1 from the old one
+
+
+def test_chaitanya_pretraining_steps_default_to_the_cpu_recipes_own(benchmark_script) -> None:
+    accuracy = benchmark_script("accuracy")
+    configs = Path(accuracy.REPO) / "configs" / "acdc"
+    assert accuracy.pretraining_steps(configs / "cpu", "cpu", None, None) == (600, 200)  # the recipes' steps
+    assert accuracy.pretraining_steps(configs / "cpu", "cpu", 50, None) == (50, 200)  # a flag wins
+    assert accuracy.pretraining_steps(configs, "paper", None, None) == (300, 200)  # paper configs: 10000 each
