@@ -10,7 +10,8 @@ Parts (``--parts``, default all):
   ``configs/hippocampus/supervised.yaml`` (Task04_Hippocampus, batch 16 x 64x64 slices) and
   ``configs/la2018/supervised.yaml`` (LA2018, batch 2; ``--patch3d`` sets the patch, default 64x64x48 so a
   CPU round takes minutes, the config's 112x112x80 on a GPU). Also: the bare loop under plain
-  ``torch.autocast`` bf16 (the floor bf16 allows) and medcl with one loader worker process.
+  ``torch.autocast`` bf16 (the floor bf16 allows) and medcl with one loader worker process; with
+  ``--bare-variants`` the bare bf16 loop with fused AdamW and compiled with ``torch.compile``.
 * ``mcsc``: an MCSC step (forward + backward + AdamW + ``on_step_end``) of ``configs/hippocampus/mcsc.yaml``
   vs the same step with ``method.contrast_weight=0`` (cross teaching: no projector, no contrast), after the
   contrast warm-up, at the precision ``auto`` gives. Target: contrast <= 15% of the step.
@@ -20,6 +21,13 @@ Parts (``--parts``, default all):
   whole 128x128 slices of ACDC at 2 x 2 mm), with both representation heads (``method.rep_head`` stack and
   pyramid) and its mean teacher (``anco.weight=0 saacl.weight=0``, the ablation
   ``configs/acdc/cpu/mean_teacher.yaml`` is), timed on the same batches.
+
+* ``configs``: any configs given with ``--configs A.yaml B.yaml ...`` (``--set`` overrides apply to each),
+  each through ``Trainer.fit`` as ``medcl train`` runs it (sampling included, validation off), on its
+  dataset (``--data``; by default the one its ``configs/<dataset>/`` folder names). Reports each config's
+  s/step, its ratio to the first, and the steps that fit the first config's training time: what sizes a new
+  recipe to an existing one's budget (e.g. ``--configs configs/acdc/cpu/fixmatch.yaml
+  configs/acdc/cpu/fixmatch_fp.yaml``).
 
 Variants of a part are interleaved for ``--rounds`` rounds (every variant once per round, in turn) and the
 median seconds per step over rounds is reported with the ratios.
@@ -41,6 +49,7 @@ from typing import Any
 
 import torch
 from monai.losses import DiceCELoss
+from monai.networks.nets.basic_unet import UpCat
 
 from medcl.config import Config
 from medcl.data.dataset import load_dataset
@@ -88,16 +97,36 @@ def setup(
 
 
 def bare_monai_loop(
-    cfg: Config, spec: Any, batches: list[dict], device: torch.device, dtype: torch.dtype | None = None
+    cfg: Config,
+    spec: Any,
+    batches: list[dict],
+    device: torch.device,
+    dtype: torch.dtype | None = None,
+    *,
+    compiled: bool = False,
+    fused: bool = False,
 ) -> float:
     """Seconds per step of a plain MONAI loop: network, DiceCELoss, optimiser; batches preloaded.
 
     ``dtype`` None is fp32; bf16 wraps the forward and loss in ``torch.autocast`` (the textbook way, for the
-    floor of what bf16 can give)."""
+    floor of what bf16 can give). ``compiled``: ``nn.Module.compile`` (inductor) of the network, its
+    decoder's no-op replicate padding switched off (the patch is a multiple of 16, so ``UpCat`` never pads;
+    inductor cannot trace ``replication_pad2d_backward``); compilation happens in the untimed warm-up steps.
+    ``fused``: AdamW (the supervised configs' optimiser) with ``fused=True`` (one kernel for all parameters instead of a loop)."""
     torch.manual_seed(0)
     net = build_method(cfg, spec).inference_network().net.to(device)  # the bare MONAI network
+    if compiled:
+        for module in net.modules():
+            if isinstance(module, UpCat):
+                module.is_pad = False
+        net.compile()
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    opt = build_optimizer([{"params": list(net.parameters())}], cfg.optim)
+    if fused:
+        opt: torch.optim.Optimizer = torch.optim.AdamW(
+            net.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, fused=True
+        )
+    else:
+        opt = build_optimizer([{"params": list(net.parameters())}], cfg.optim)
     data = [_to_device(b["labeled"], device) for b in batches]
     net.train()
 
@@ -211,6 +240,18 @@ def supervised_part(name: str, args: argparse.Namespace, device: torch.device, o
             "medcl_fp32": lambda: engine_loop(fp32_cfg, spec, batches, args.steps, out, f"{name}-fp32"),
             "medcl_auto": lambda: engine_loop(cfg, spec, batches, args.steps, out, f"{name}-auto"),
             "medcl_auto_1_worker": lambda: engine_loop(w1_cfg, spec, batches, args.steps, out, f"{name}-w1"),
+            **(
+                {
+                    "bare_monai_bf16_fused_adamw": lambda: bare_monai_loop(
+                        cfg, spec, pre, device, torch.bfloat16, fused=True
+                    ),
+                    "bare_monai_bf16_compiled": lambda: bare_monai_loop(
+                        cfg, spec, pre, device, torch.bfloat16, compiled=True
+                    ),
+                }
+                if args.bare_variants
+                else {}
+            ),
         },
         args.rounds,
     )
@@ -225,6 +266,11 @@ def supervised_part(name: str, args: argparse.Namespace, device: torch.device, o
         "bare_bf16_vs_bare_fp32": round(times["bare_monai_bf16"] / bare, 3),
         "medcl_auto_1_worker_vs_bare_fp32": round(times["medcl_auto_1_worker"] / bare, 3),
         "target": "medcl_auto_vs_bare_fp32 <= 0.65",
+        **{
+            f"{k}_vs_bare_fp32": round(times[k] / bare, 3)
+            for k in ("bare_monai_bf16_fused_adamw", "bare_monai_bf16_compiled")
+            if k in times
+        },
     }
 
 
@@ -298,18 +344,66 @@ def contrast_part(name: str, args: argparse.Namespace, device: torch.device) -> 
     return result
 
 
+def dataset_of(config: Path) -> Path:
+    """The dataset a config is written for: a folder of its path (``configs/<dataset>/...``) names it."""
+    folders = {"acdc": "ACDC", "hippocampus": "Task04_Hippocampus", "la2018": "LA2018"}
+    for part in config.resolve().parent.parts:
+        if part in folders:
+            return DATA / folders[part]
+    raise SystemExit(f"{config}: cannot tell its dataset from its folder; pass --data")
+
+
+def configs_part(args: argparse.Namespace, device: torch.device, out: Path) -> dict[str, Any]:
+    """``Trainer.fit`` steps of any configs side by side, and the steps each fits in the first's time."""
+    if not args.configs:
+        raise SystemExit("--parts configs needs --configs A.yaml [B.yaml ...]")
+    common = [*args.set, f"train.device={device.type}", "train.checkpoint_every=100", "train.log_every=10"]
+    loops = {}
+    for index, config in enumerate(args.configs):
+        data = Path(args.data) if args.data else dataset_of(Path(config))
+        cfg, spec, batches = setup(Path(config), data, common, n_cases=args.cases)
+        name = f"{index}:{Path(config).name}"
+        loops[name] = (
+            cfg,
+            lambda cfg=cfg, spec=spec, b=batches, n=name: engine_loop(
+                cfg, spec, b, args.steps, out, f"configs-{n.replace(':', '-')}"
+            ),
+        )
+    times = interleave({name: fn for name, (_, fn) in loops.items()}, args.rounds)
+    first = next(iter(loops))
+    first_steps = loops[first][0].train.steps
+    return {
+        "protocol": f"Trainer.fit, validation off, {args.steps} steps x {args.rounds} rounds, "
+        f"overrides {args.set}, precision {resolve_precision('auto', device).name}",
+        "s_per_step": {k: round(v, 4) for k, v in times.items()},
+        "vs_first": {k: round(v / times[first], 3) for k, v in times.items()},
+        "steps_in_first_budget": {k: round(first_steps * times[first] / v) for k, v in times.items()},
+        "configured_steps": {k: cfg.train.steps for k, (cfg, _) in loops.items()},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parts = ["supervised2d", "supervised3d", "mcsc", "actionpp", "actionpp_acdc"]
-    parser.add_argument("--parts", nargs="+", choices=parts, default=parts)
+    parser.add_argument("--parts", nargs="+", choices=[*parts, "configs"], default=parts)
+    parser.add_argument("--configs", nargs="+", help="part configs: the configs to time side by side")
+    parser.add_argument("--data", help="part configs: the dataset folder (default: from the configs' folder)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="part configs: override (repeatable)"
+    )
     parser.add_argument("--steps", type=int, default=30, help="timed steps per variant and round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
         "--cases", type=int, default=20, help="cases sampled from (labeled + unlabeled halves)"
     )
     parser.add_argument("--patch3d", type=int, nargs=3, default=[64, 64, 48])
+    parser.add_argument(
+        "--bare-variants",
+        action="store_true",
+        help="supervised parts: also the bare bf16 loop with fused AdamW and with torch.compile (slow warm-up)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
@@ -325,6 +419,8 @@ def main() -> None:
         for part in args.parts:
             if part.startswith("supervised"):
                 report[part] = supervised_part(part, args, device, Path(tmp))
+            elif part == "configs":
+                report[part] = configs_part(args, device, Path(tmp))
             elif part == "actionpp_acdc":
                 report[part] = actionpp_acdc_part(args, device)
             else:
