@@ -21,7 +21,6 @@ Parts (``--parts``, default all):
   whole 128x128 slices of ACDC at 2 x 2 mm), with both representation heads (``method.rep_head`` stack and
   pyramid) and its mean teacher (``anco.weight=0 saacl.weight=0``, the ablation
   ``configs/acdc/cpu/mean_teacher.yaml`` is), timed on the same batches.
-
 * ``configs``: any configs given with ``--configs A.yaml B.yaml ...`` (``--set`` overrides apply to each),
   each through ``Trainer.fit`` as ``medcl train`` runs it (sampling included, validation off), on its
   dataset (``--data``; by default the one its ``configs/<dataset>/`` folder names). Reports each config's
@@ -112,7 +111,8 @@ def bare_monai_loop(
     floor of what bf16 can give). ``compiled``: ``nn.Module.compile`` (inductor) of the network, its
     decoder's no-op replicate padding switched off (the patch is a multiple of 16, so ``UpCat`` never pads;
     inductor cannot trace ``replication_pad2d_backward``); compilation happens in the untimed warm-up steps.
-    ``fused``: AdamW (the supervised configs' optimiser) with ``fused=True`` (one kernel for all parameters instead of a loop)."""
+    ``fused``: AdamW (the supervised configs' optimiser) with ``fused=True`` (one kernel for all parameters
+    instead of a loop)."""
     torch.manual_seed(0)
     net = build_method(cfg, spec).inference_network().net.to(device)  # the bare MONAI network
     if compiled:
