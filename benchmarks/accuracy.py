@@ -427,6 +427,8 @@ def main() -> None:
         help="rows trained at the labeled counts after the first (default: all)",
     )
     args = parser.parse_args()
+    if args.chaitanya_init and not Path(args.chaitanya_init).is_file():
+        parser.error(f"--chaitanya-init {args.chaitanya_init}: no such checkpoint file")
     if args.prepare:
         prepare_acdc(args.prepare)
         return
