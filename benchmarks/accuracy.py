@@ -448,11 +448,14 @@ def main() -> None:
             return own, ()
         return ROWS[row].config, ROWS[row].overrides
 
-    rows = [
-        r
-        for r in (args.rows or DEFAULT_ROWS)
-        if ROWS[r].method in METHODS and (configs / recipe(r)[0]).is_file()
-    ]
+    def has_recipes(row: str) -> bool:
+        """The row's config exists, and the chaitanya row's pretraining configs (unless --chaitanya-init)."""
+        needed = [recipe(row)[0]]
+        if ROWS[row].init == "chaitanya" and not args.chaitanya_init:
+            needed += ["pretrain_global.yaml", "pretrain_local.yaml"]
+        return all((configs / config).is_file() for config in needed)
+
+    rows = [r for r in (args.rows or DEFAULT_ROWS) if ROWS[r].method in METHODS and has_recipes(r)]
     row_sets: dict[str, list[str]] = {}
     for item in args.row_set:
         name, sep, override = item.partition(":")
