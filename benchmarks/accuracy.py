@@ -29,8 +29,10 @@ Rows (each included only where its method is registered and, with ``--recipes cp
 * ``mcsc``: CNN + Transformer cross teaching with the multi-scale contrast (``mcsc.yaml``).
 * ``mcsc-cutmix``: MCSC trained on CPS's CutMix strong view of the unlabeled slices (``method.mix``; cpu recipe
   ``mcsc_cutmix.yaml``).
-* ``actionpp``: ACTION++ stage 3 (``actionpp.yaml``), trained from scratch, or from a stages 1-2 pretraining
-  on the same labeled cases with ``--actionpp-pretrain-steps``.
+* ``actionpp``: ACTION++ stage 3 (``actionpp.yaml``), trained from scratch.
+* ``actionpp-pretrained``: the same stage 3 from ACTION++'s own stages 1-2 (``actionpp_pretrain.yaml``: global
+  KL distillation, then + local KL + the supervised loss), pretrained per labeled set and seed on the same
+  labeled cases and unlabeled pool; ``--actionpp-pretrain-steps``, else the cpu recipe's own steps.
 Ablation rows (``--rows``): ``cross-teaching`` (MCSC without contrast), ``action`` (no SAACL, constant tau),
 ``actionpp-const-tau``, ``mean-teacher`` (ACTION++ without either contrast).
 
@@ -107,26 +109,23 @@ ROWS: dict[str, Row] = {
     "cross-teaching": Row(
         "mcsc.yaml", "mcsc", ("method.contrast_weight=0",), label="cross teaching (MCSC, no contrast)"
     ),
-    "actionpp": Row("actionpp.yaml", "actionpp", init="actionpp", label="ACTION++"),
+    "actionpp": Row("actionpp.yaml", "actionpp", label="ACTION++"),
+    "actionpp-pretrained": Row(
+        "actionpp.yaml", "actionpp", init="actionpp", label="ACTION++ from its stages 1-2 pretraining"
+    ),
     "action": Row(
         "actionpp.yaml",
         "actionpp",
         ("method.saacl.weight=0", "method.schedule.kind=constant"),
-        init="actionpp",
         label="ACTION (no SAACL, constant tau)",
     ),
     "actionpp-const-tau": Row(
-        "actionpp.yaml",
-        "actionpp",
-        ("method.schedule.kind=constant",),
-        init="actionpp",
-        label="ACTION++, constant tau",
+        "actionpp.yaml", "actionpp", ("method.schedule.kind=constant",), label="ACTION++, constant tau"
     ),
     "mean-teacher": Row(
         "actionpp.yaml",
         "actionpp",
         ("method.anco.weight=0", "method.saacl.weight=0"),
-        init="actionpp",
         label="mean teacher",
     ),
 }
@@ -338,21 +337,23 @@ def rebuild(
     print(f"figure: {out / f'accuracy-{dataset}.png'}")
 
 
+def recipe_steps(configs: Path, recipes: str, config: str, given: int | None, paper_steps: int) -> int:
+    """A pretraining stage's steps: those given, else the cpu recipe's own, else ``paper_steps``."""
+    from medcl.services.configs import load_config
+
+    if given is None and recipes == "cpu" and (configs / config).is_file():
+        given = load_config(configs / config, []).train.steps
+    return paper_steps if given is None else given
+
+
 def pretraining_steps(
     configs: Path, recipes: str, global_steps: int | None, local_steps: int | None
 ) -> tuple[int, int]:
     """Chaitanya G^D and L^R steps: those given, else the cpu recipes' own, else 300 and 200."""
-    from medcl.services.configs import load_config
-
-    steps = []
-    for given, config, paper_steps in (
-        (global_steps, "pretrain_global.yaml", 300),
-        (local_steps, "pretrain_local.yaml", 200),
-    ):
-        if given is None and recipes == "cpu" and (configs / config).is_file():
-            given = load_config(configs / config, []).train.steps
-        steps.append(paper_steps if given is None else given)
-    return steps[0], steps[1]
+    return (
+        recipe_steps(configs, recipes, "pretrain_global.yaml", global_steps, 300),
+        recipe_steps(configs, recipes, "pretrain_local.yaml", local_steps, 200),
+    )
 
 
 def main() -> None:
@@ -388,8 +389,8 @@ def main() -> None:
     parser.add_argument(
         "--actionpp-pretrain-steps",
         type=int,
-        default=0,
-        help="ACTION++ stages 1-2 steps per labeled set and seed (0: stage 3 from scratch)",
+        help="ACTION++ stages 1-2 steps of the actionpp-pretrained row, per labeled set and seed (default: "
+        "the cpu recipe's own, else 300)",
     )
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="overrides, every run")
     parser.add_argument(
@@ -449,10 +450,12 @@ def main() -> None:
         return ROWS[row].config, ROWS[row].overrides
 
     def has_recipes(row: str) -> bool:
-        """The row's config exists, and the chaitanya row's pretraining configs (unless --chaitanya-init)."""
+        """The row's config exists, and its pretraining configs (chaitanya: unless --chaitanya-init)."""
         needed = [recipe(row)[0]]
         if ROWS[row].init == "chaitanya" and not args.chaitanya_init:
             needed += ["pretrain_global.yaml", "pretrain_local.yaml"]
+        if ROWS[row].init == "actionpp":
+            needed.append("actionpp_pretrain.yaml")
         return all((configs / config).is_file() for config in needed)
 
     rows = [r for r in (args.rows or DEFAULT_ROWS) if ROWS[r].method in METHODS and has_recipes(r)]
@@ -477,6 +480,9 @@ def main() -> None:
 
     args.global_steps, args.local_steps = pretraining_steps(
         configs, args.recipes, args.global_steps, args.local_steps
+    )
+    args.actionpp_pretrain_steps = recipe_steps(
+        configs, args.recipes, "actionpp_pretrain.yaml", args.actionpp_pretrain_steps, 300
     )
 
     experiment = f"{args.dataset}-accuracy"
@@ -561,7 +567,7 @@ def main() -> None:
             pretrained["chaitanya"] = local["last_checkpoint"]
 
         actionpp_init: dict[tuple[int, int], str] = {}
-        if args.actionpp_pretrain_steps and any(ROWS[r].init == "actionpp" for r in rows):
+        if any(ROWS[r].init == "actionpp" for r in rows):
             futures = {
                 (n, seed): pool.submit(
                     run_cell,
@@ -655,6 +661,11 @@ def main() -> None:
                 if "chaitanya" in rows and args.chaitanya_init
                 else f"Chaitanya pretraining G^D {args.global_steps} + L^R {args.local_steps} steps; "
                 if "chaitanya" in rows
+                else ""
+            )
+            + (
+                f"ACTION++ stages 1-2: {args.actionpp_pretrain_steps} steps per labeled set and seed; "
+                if any(ROWS[r].init == "actionpp" for r in rows)
                 else ""
             )
             + "metric: "

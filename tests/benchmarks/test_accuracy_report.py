@@ -50,3 +50,18 @@ def test_chaitanya_pretraining_steps_default_to_the_cpu_recipes_own(benchmark_sc
     assert accuracy.pretraining_steps(configs / "cpu", "cpu", None, None) == (600, 200)  # the recipes' steps
     assert accuracy.pretraining_steps(configs / "cpu", "cpu", 50, None) == (50, 200)  # a flag wins
     assert accuracy.pretraining_steps(configs, "paper", None, None) == (300, 200)  # paper configs: 10000 each
+
+
+def test_only_the_actionpp_pretrained_row_starts_from_a_pretraining_of_the_recipes_own_steps(
+    benchmark_script,
+) -> None:
+    accuracy = benchmark_script("accuracy")
+    from medcl.services.configs import load_config
+
+    assert [name for name, row in accuracy.ROWS.items() if row.init == "actionpp"] == ["actionpp-pretrained"]
+    for dataset in ("acdc", "hippocampus"):
+        cpu = Path(accuracy.REPO) / "configs" / dataset / "cpu"
+        own = load_config(cpu / "actionpp_pretrain.yaml", []).train.steps
+        assert accuracy.recipe_steps(cpu, "cpu", "actionpp_pretrain.yaml", None, 300) == own
+        assert accuracy.recipe_steps(cpu, "cpu", "actionpp_pretrain.yaml", 40, 300) == 40  # a flag wins
+        assert accuracy.recipe_steps(cpu.parent, "paper", "actionpp_pretrain.yaml", None, 300) == 300
