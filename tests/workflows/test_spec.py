@@ -19,6 +19,23 @@ def test_shipped_workflows_validate_without_their_configs(path: Path) -> None:
     assert wf.stages and wf.register_ is not None
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "workflows").glob("*.yaml")), ids=lambda p: p.name)
+def test_a_pretraining_that_reads_labels_sees_only_the_labeled_cases_of_the_training_it_feeds(
+    path: Path,
+) -> None:
+    """ACTION++ stages 1-2 train a supervised loss: with every labeled case of the splits there, a workflow's
+    stage 3 on N labeled patients would start from weights that saw the others' labels."""
+    from medcl.config_files import read_yaml
+
+    wf = load_workflow(path)
+    for stage in wf.stages:
+        if stage.kind != "pretrain" or read_yaml(stage.config)["method"]["name"] != "pretrain_actionpp":
+            continue
+        fed = [s for s in wf.stages if getattr(s, "init", None) == f"${{stages.{stage.name}.checkpoint}}"]
+        assert fed and stage.labeled is not None
+        assert all(s.labeled == stage.labeled for s in fed)
+
+
 def test_variables_data_and_set_overrides(tmp_path: Path, raw_workflow) -> None:
     wf = build_workflow(
         raw_workflow,
