@@ -566,6 +566,12 @@ def main() -> None:
             ).result()
             pretrained["chaitanya"] = local["last_checkpoint"]
 
+        def runs(row: str, n: int, seed: int) -> bool:
+            """Whether the grid trains this cell (--seed-rows / --other-label-rows leave some out)."""
+            if seed != args.seeds[0] and args.seed_rows and row not in args.seed_rows:
+                return False
+            return not (n != labels[0] and args.other_label_rows and row not in args.other_label_rows)
+
         actionpp_init: dict[tuple[int, int], str] = {}
         if any(ROWS[r].init == "actionpp" for r in rows):
             futures = {
@@ -586,17 +592,16 @@ def main() -> None:
                 )
                 for n in labels
                 for seed in args.seeds
+                if any(ROWS[r].init == "actionpp" and runs(r, n, seed) for r in rows)
             }
             actionpp_init = {k: f.result()["last_checkpoint"] for k, f in futures.items()}
 
         # Cells in priority order: the first labeled count (every seed), then the other counts.
         cells = []
-        for i, seed in enumerate(args.seeds):
-            for j, n in enumerate(labels):
+        for seed in args.seeds:
+            for n in labels:
                 for row in rows:
-                    if i and args.seed_rows and row not in args.seed_rows:
-                        continue
-                    if j and args.other_label_rows and row not in args.other_label_rows:
+                    if not runs(row, n, seed):
                         continue
                     config, overrides = recipe(row)
                     extra = [
