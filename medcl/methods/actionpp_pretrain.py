@@ -38,7 +38,7 @@ from medcl.data.mixing import colour_jitter, gaussian_blur, step_generator
 from medcl.errors import ConfigError
 from medcl.losses.relational import relational_kl
 from medcl.methods.base import DataSpec, RunFacts, check_schedule_targets
-from medcl.methods.pretrain import ENCODER_MODULES
+from medcl.methods.pretrain import ENCODER_MODULES, embedding_stats
 from medcl.methods.supervised_loss import SupervisedLoss, SupervisedLossParams
 from medcl.methods.teacher import FeatureQueue, StudentTeacher, TeacherParams, frozen_copy
 from medcl.models.action_heads import (
@@ -126,6 +126,7 @@ class PretrainActionPP(StudentTeacher):
     kind = "pretrain"
     Params = PretrainActionPPParams
     streams: ClassVar[dict[str, bool]] = {"labeled": True, "unlabeled": False}
+    metrics: ClassVar[frozenset[str]] = frozenset({"emb_cos_mean", "emb_std"})
     params: PretrainActionPPParams
 
     def __init__(self, params: MethodParams, run: RunFacts, spec: DataSpec) -> None:
@@ -208,10 +209,13 @@ class PretrainActionPP(StudentTeacher):
             out_t = self.teacher(x_teacher, return_features=True)
             assert isinstance(out_t, NetOutput)
             z_t = self.teacher_global_proj(out_t.embedding)  # (B, d_g)
-        z_s = self.global_pred(self.global_proj(out.embedding))  # (B, d_g)
+        projection = self.global_proj(out.embedding)  # (B, d_g)
+        z_s = self.global_pred(projection)
         l_global = relational_kl(z_s, z_t, self.global_queue.keys, tau_s, tau_t)
         loss = p.global_weight * l_global
-        result: dict[str, Tensor | float] = {"global": l_global.detach()}
+        # Collapse indicators of the student's global embedding: a global KL of ~0 at a low teacher
+        # temperature with emb_cos_mean ~1 means every image maps to one vector, not a solved task.
+        result: dict[str, Tensor | float] = {"global": l_global.detach(), **embedding_stats(projection)}
         self.push_after_step(self.global_queue, z_t)  # after the optimiser step, with the EMA update
         if stage == 2:
             with torch.no_grad():
