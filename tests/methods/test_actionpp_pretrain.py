@@ -75,19 +75,16 @@ def test_the_student_global_embedding_reports_its_collapse_statistics(acdc) -> N
     method, samplers, _ = acdc.setup("pretrain_actionpp", *acdc.FAST12, "method.stage1_steps=1")
     batch = acdc.batch(samplers, 0)
     out = method(batch, 0)
+    images = torch.cat([batch["labeled"]["image"], batch["unlabeled"]["image"]])  # the step's student batch
     with torch.no_grad():
         u = torch.nn.functional.normalize(
-            method.global_proj(method.net(batch_images(batch), return_features=True).embedding), dim=1
+            method.global_proj(method.net(images, return_features=True).embedding), dim=1
         )
     n = u.shape[0]
     expected = (u @ u.T)[~torch.eye(n, dtype=torch.bool)].mean()
     assert {"emb_cos_mean", "emb_std"} <= type(method).metrics
     assert float(out["emb_cos_mean"]) == pytest.approx(float(expected), abs=1e-4)
     assert float(out["emb_std"]) == pytest.approx(float(u.std(dim=0).mean()), abs=1e-4)
-
-
-def batch_images(batch: dict) -> torch.Tensor:
-    return torch.cat([batch["labeled"]["image"], batch["unlabeled"]["image"]])
 
 
 def test_pretraining_methods_declare_their_kind() -> None:
