@@ -33,7 +33,16 @@ def log_final(tracker: Any, trainer: Trainer, result: TrainResult, spec: DataSpe
         trainer.method.load_state_dict(state["model"])
         # The inference checkpoint (weights + config + classes, no optimiser) travels inside the MLflow model,
         # so `models:/<name>@<alias>` carries its preprocessing.
-        keys = ("step", "method", "config", "data_spec", "model", "medcl_version", "mlflow_run_id")
+        keys = (
+            "step",
+            "method",
+            "config",
+            "data_spec",
+            "model",
+            "medcl_version",
+            "mlflow_run_id",
+            "label_cases",
+        )
         slim = {k: state[k] for k in keys if k in state}  # the run id: models:/ URIs keep their lineage
         slim_path = save_checkpoint(slim, result.best_checkpoint.parent / "model.pt")
         network = torchscript_network(slim_path)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from medcl.config import Config
+from medcl.data.cases import DatasetInfo
+from medcl.data.splits import Splits
+from medcl.engine.data_setup import stream_case_ids
 from medcl.errors import ConfigError, MedclError
 from medcl.methods import validate_config
 from medcl.runtime.checkpoint import load_checkpoint
@@ -72,9 +76,23 @@ def check_init_preprocessing(init: dict[str, Any], source: str, cfg: Config, mod
         )
 
 
+@dataclass
+class InitSource:
+    """What ``--init`` loaded: the MLflow run the weights came from, and the labels that shaped them.
+
+    Attributes:
+        run_id: The MLflow run id stored in the checkpoint, if any.
+        label_cases: Dataset name -> ids of the cases whose labels trained those weights (the checkpoint's
+            own ``--init`` chain included), see :func:`label_cases`.
+    """
+
+    run_id: str | None = None
+    label_cases: dict[str, list[str]] = field(default_factory=dict)
+
+
 def init_weights(
     method: torch.nn.Module, source: str, cfg: Config, modality: str | None = None
-) -> str | None:
+) -> InitSource:
     """Copy every weight of a checkpoint whose name and shape match into ``method``.
 
     Args:
@@ -84,7 +102,7 @@ def init_weights(
         modality: The new run's resolved modality; when given, the checkpoint must have been trained with
             the same one (:func:`check_init_preprocessing`).
 
-    Returns the MLflow run id stored in the checkpoint (the run it came from), if any.
+    Returns the run the weights came from and the labels they were trained with.
     """
     loaded = load_checkpoint(resolve_checkpoint(source, cfg.tracking.uri, cfg.output))
     if modality is not None:
@@ -99,7 +117,59 @@ def init_weights(
         )
     method.load_state_dict(matched, strict=False)
     log.info("initialised %d of %d tensors from %s", len(matched), len(own), source)
-    return state_run_id
+    return InitSource(state_run_id, dict(loaded.get("label_cases") or {}))
+
+
+def label_cases(
+    info: DatasetInfo, method: Any, splits: Splits, inherited: dict[str, list[str]] | None = None
+) -> dict[str, list[str]]:
+    """Dataset name -> the cases whose labels shape this run's weights, stored in its checkpoints.
+
+    They are the cases of every stream that loads labels, plus what the weights it started from had seen
+    (``inherited``, from ``--init`` or a resumed checkpoint): a pretraining that read labels (ACTION++ stage 2)
+    passes them on to every run initialised from it.
+    """
+    merged = {name: set(ids) for name, ids in (inherited or {}).items()}
+    merged.setdefault(info.name, set()).update(
+        i
+        for stream, with_label in method.streams.items()
+        if with_label
+        for i in stream_case_ids(stream, splits)
+    )
+    return {name: sorted(ids) for name, ids in merged.items() if ids}
+
+
+def check_init_labels(init: InitSource, source: str, info: DatasetInfo, splits: Splits) -> str:
+    """Warn when the ``--init`` weights were trained with labels this run withholds; return a summary tag.
+
+    Cases this run treats as unlabeled mean it really starts from more labeled cases than ``--labeled`` says;
+    validation or test cases mean their scores are optimistic. Neither is refused: continuing from a model
+    trained on everything can be deliberate. Only cases of a dataset with the same name are compared.
+    """
+    seen = set(init.label_cases.get(info.name, ()))
+    overlap = {
+        "unlabeled": sorted(seen & set(splits.unlabeled)),
+        "val": sorted(seen & set(splits.val)),
+        "test": sorted(seen & set(splits.test)),
+    }
+    consequence = {
+        "unlabeled": "this run treats as unlabeled: the model has seen more labeled cases than this run's labeled "
+        f"set ({len(splits.labeled)})",
+        "val": "this run validates on: its validation scores and best checkpoint are optimistic",
+        "test": "this run holds out as test cases: scores on them are optimistic",
+    }
+    for subset, ids in overlap.items():
+        if ids:
+            shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+            log.warning(
+                "--init %s was trained with the labels of %d case(s) (%s) that %s. Pretrain with the same "
+                "labeled cases (`medcl pretrain ... --labeled`) to compare label budgets fairly",
+                source,
+                len(ids),
+                shown,
+                consequence[subset],
+            )
+    return ",".join(f"{subset}:{len(ids)}" for subset, ids in overlap.items() if ids)
 
 
 def load_resume(resume: str, output: str | Path) -> tuple[Path, dict[str, Any], Config]:

@@ -29,7 +29,7 @@ from medcl.engine.data_setup import (
     used_case_ids,
 )
 from medcl.engine.final import log_final
-from medcl.engine.resume import init_weights, load_resume
+from medcl.engine.resume import InitSource, check_init_labels, init_weights, label_cases, load_resume
 from medcl.engine.run_folder import claim_run_dir, new_run_name, start_tracking
 from medcl.engine.trainer import Trainer, TrainResult
 from medcl.methods import build_method
@@ -82,10 +82,13 @@ def train(
             "method %s trains on labeled cases only: the --unlabeled images are not used", cfg.method_name
         )
     method.inference_network().check_spatial_shape(cfg.data.patch_size)  # e.g. SwinUNETR: multiples of 32
-    init_run = None
+    init = InitSource(label_cases=(resume_state or {}).get("label_cases") or {})
     if cfg.init and resume_state is None:
-        init_run = init_weights(method, cfg.init, cfg, modality=spec.modality)
+        init = init_weights(method, cfg.init, cfg, modality=spec.modality)
     splits = run_splits(cfg, info, method, extra)
+    if cfg.init and resume_state is None:
+        overlap = check_init_labels(init, cfg.init, info, splits)
+        tags = {**(tags or {}), **({"medcl.init_label_overlap": overlap} if overlap else {})}
     # Every case this run reads passes the checks of `medcl data check` first (on every rank, so all stop).
     require_clean(
         info, [info.case(i) for i in used_case_ids(method, splits)], progress=progress and dist.is_main()
@@ -103,7 +106,15 @@ def train(
         run_dir = runs / dist.broadcast_object(claimed)  # every rank uses the folder rank 0 claimed
     tracker: Any = (
         start_tracking(
-            cfg, run_dir, info, splits, method, spec, resume_state=resume_state, init_run=init_run, tags=tags
+            cfg,
+            run_dir,
+            info,
+            splits,
+            method,
+            spec,
+            resume_state=resume_state,
+            init_run=init.run_id,
+            tags=tags,
         )
         if dist.is_main()
         else NullTracker()
@@ -116,6 +127,7 @@ def train(
     try:
         batches = TrainBatches(samplers, seed=cfg.train.seed, rank=dist.rank())
         trainer = Trainer(cfg, method, spec, batches, val_vols, run_dir, tracker=tracker, progress=progress)
+        trainer.label_cases = label_cases(info, method, splits, init.label_cases)
         # What "auto" chose here, and the schedule's step counts in steps (fractions of train.steps resolved).
         tracker.log_params({"train.precision_resolved": trainer.precision.name, **trainer.schedule_params})
         if resume_path is not None:

@@ -144,6 +144,9 @@ class Trainer:
         self.best_step: int | None = None
         self.best_per_class: dict[str, dict[str, float]] = {}
         self.final_dice: float | None = None
+        #: Dataset name -> cases whose labels shaped the weights (set by the engine, see
+        #: :func:`medcl.engine.resume.label_cases`); a run started with ``--init`` from this one is checked against it.
+        self.label_cases: dict[str, list[str]] = {}
 
     # ---------------------------------------------------------------- checkpoints
     @property
@@ -170,6 +173,7 @@ class Trainer:
             "rng": rng_state(),
             "best": {"dice": self.best_dice, "step": self.best_step, "per_class": self.best_per_class},
             "mlflow_run_id": self.tracker.run_id,
+            "label_cases": self.label_cases,
             "medcl_version": medcl.__version__,
         }
 

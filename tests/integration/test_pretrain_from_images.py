@@ -186,7 +186,7 @@ def test_init_takes_every_form_of_either_run(
     )
     spec = data_spec(cfg, load_dataset(hippocampus))
     method = build_method(cfg, spec)
-    assert init_weights(method, source, cfg, modality=spec.modality) == recipe[kind][0]
+    assert init_weights(method, source, cfg, modality=spec.modality).run_id == recipe[kind][0]
     saved = load_checkpoint(path)["model"]
     key = "net.net.conv_0.conv_0.conv.weight"  # the first encoder convolution: pretrained in both runs
     assert torch.equal(method.state_dict()[key], saved[key])

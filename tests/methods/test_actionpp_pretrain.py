@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
+import mlflow
 import pytest
 import torch
 
@@ -14,6 +16,7 @@ from medcl.engine.data_setup import data_spec
 from medcl.errors import ConfigError
 from medcl.methods import METHODS, build_method
 from medcl.services.configs import build_config
+from medcl.tracking.mlflow_tracking import resolve_store
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -119,7 +122,7 @@ def test_bad_settings_fail_with_messages(acdc) -> None:
 
 
 def test_pretrain_then_finetune_through_the_engine(
-    acdc, shared_data: Path, output_dir: Path, tmp_path: Path
+    acdc, shared_data: Path, output_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     from medcl.engine.resume import init_weights
     from medcl.engine.run import train
@@ -159,3 +162,21 @@ def test_pretrain_then_finetune_through_the_engine(
         assert torch.equal(method.state_dict()[key], saved[key]), key
     result = train(cfg, progress=False)
     assert result.steps == 2 and result.best_dice is not None
+    # Stage 2 read the labels of ids[:2]: the checkpoints say so, and a run started from them inherits it.
+    assert load_checkpoint(pre.last_checkpoint)["label_cases"] == {"ACDC": sorted(ids[:2])}
+    assert load_checkpoint(result.best_checkpoint)["label_cases"] == {"ACDC": sorted(ids[:2])}
+    assert "was trained with the labels" not in caplog.text  # same labeled cases: nothing to warn about
+
+    # Fine-tuning on ids[1] only, with ids[0] unlabeled: the pretraining has seen a label this run withholds.
+    fewer = tmp_path / "fewer.json"
+    fewer.write_text(json.dumps({"labeled": ids[1:2], "unlabeled": [ids[0], *ids[2:4]], "val": ids[4:5]}))
+    leak = build_config(
+        {"method": {"name": "actionpp"}},
+        [*common, *acdc.FAST3, f"data.splits={fewer}", f"init={pre.run_dir}", "tracking.run_name=leak"],
+    )
+    with caplog.at_level(logging.WARNING, logger="medcl.engine.resume"):
+        leaked = train(leak, progress=False)
+    assert f"labels of 1 case(s) ({ids[0]}) that this run treats as unlabeled" in caplog.text
+    uri = resolve_store(leak.tracking.uri, leak.output, create=False)[0]
+    tags = mlflow.MlflowClient(uri).get_run(leaked.run_id).data.tags
+    assert tags["medcl.init_label_overlap"] == "unlabeled:1"
