@@ -82,11 +82,10 @@ def train(
             "method %s trains on labeled cases only: the --unlabeled images are not used", cfg.method_name
         )
     method.inference_network().check_spatial_shape(cfg.data.patch_size)  # e.g. SwinUNETR: multiples of 32
+    splits = run_splits(cfg, info, method, extra)
     init = InitSource(label_cases=(resume_state or {}).get("label_cases") or {})
     if cfg.init and resume_state is None:
         init = init_weights(method, cfg.init, cfg, modality=spec.modality)
-    splits = run_splits(cfg, info, method, extra)
-    if cfg.init and resume_state is None:
         overlap = check_init_labels(init, cfg.init, info, splits)
         tags = {**(tags or {}), **({"medcl.init_label_overlap": overlap} if overlap else {})}
     # Every case this run reads passes the checks of `medcl data check` first (on every rank, so all stop).
