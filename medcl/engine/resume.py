@@ -15,6 +15,7 @@ from medcl.data.splits import Splits
 from medcl.engine.data_setup import stream_case_ids
 from medcl.errors import ConfigError, MedclError
 from medcl.methods import validate_config
+from medcl.runtime import distributed as dist
 from medcl.runtime.checkpoint import load_checkpoint
 from medcl.tracking.mlflow_tracking import resolve_checkpoint
 
@@ -83,11 +84,12 @@ class InitSource:
     Attributes:
         run_id: The MLflow run id stored in the checkpoint, if any.
         label_cases: Dataset name -> ids of the cases whose labels trained those weights (the checkpoint's
-            own ``--init`` chain included), see :func:`label_cases`.
+            own ``--init`` chain included), see :func:`label_cases`; None for a checkpoint saved before medcl
+            recorded it.
     """
 
     run_id: str | None = None
-    label_cases: dict[str, list[str]] = field(default_factory=dict)
+    label_cases: dict[str, list[str]] | None = field(default_factory=dict)
 
 
 def init_weights(
@@ -117,7 +119,7 @@ def init_weights(
         )
     method.load_state_dict(matched, strict=False)
     log.info("initialised %d of %d tensors from %s", len(matched), len(own), source)
-    return InitSource(state_run_id, dict(loaded.get("label_cases") or {}))
+    return InitSource(state_run_id, loaded.get("label_cases"))
 
 
 def label_cases(
@@ -139,37 +141,46 @@ def label_cases(
     return {name: sorted(ids) for name, ids in merged.items() if ids}
 
 
-def check_init_labels(init: InitSource, source: str, info: DatasetInfo, splits: Splits) -> str:
+def check_init_labels(init: InitSource, source: str, info: DatasetInfo, splits: Splits, method: Any) -> str:
     """Warn when the ``--init`` weights were trained with labels this run withholds; return a summary tag.
 
-    Cases this run treats as unlabeled mean it really starts from more labeled cases than ``--labeled`` says;
-    validation or test cases mean their scores are optimistic. Neither is refused: continuing from a model
-    trained on everything can be deliberate. Only cases of a dataset with the same name are compared.
+    Cases this run treats as unlabeled, or does not list in its splits at all, mean it really starts from more
+    labeled cases than its labeled set; validation (when the method validates) or test cases mean their
+    scores are optimistic. Nothing is refused: continuing from a model trained on everything can be deliberate.
+    Only cases of a dataset with this run's dataset name are compared. Validation labels that picked the
+    ``--init`` run's best checkpoint are not counted. Warnings come from rank 0 only.
+
+    Returns:
+        The ``medcl.init_label_overlap`` tag value (``"unlabeled:2,val:1"``), or ``""`` when nothing overlaps
+        or the checkpoint predates the lineage (saved without ``label_cases``).
     """
+    if init.label_cases is None:
+        log.info("--init %s: the checkpoint records no label lineage (older medcl); not checked", source)
+        return ""
     seen = set(init.label_cases.get(info.name, ()))
+    listed = {*splits.labeled, *splits.unlabeled, *splits.val, *splits.test}
+    more = f"so the weights have seen more labeled cases than this run's labeled set ({len(splits.labeled)})"
     overlap = {
-        "unlabeled": sorted(seen & set(splits.unlabeled)),
-        "val": sorted(seen & set(splits.val)),
-        "test": sorted(seen & set(splits.test)),
+        "unlabeled": (seen & set(splits.unlabeled), f"this run treats as unlabeled, {more}"),
+        "unlisted": (seen - listed, f"this run's splits do not list, {more}"),
+        "val": (
+            seen & set(splits.val) if method.validates else set(),
+            "this run validates on: its validation scores and best checkpoint are optimistic",
+        ),
+        "test": (seen & set(splits.test), "this run holds out as test cases: scores on them are optimistic"),
     }
-    consequence = {
-        "unlabeled": "this run treats as unlabeled: the model has seen more labeled cases than this run's labeled "
-        f"set ({len(splits.labeled)})",
-        "val": "this run validates on: its validation scores and best checkpoint are optimistic",
-        "test": "this run holds out as test cases: scores on them are optimistic",
-    }
-    for subset, ids in overlap.items():
-        if ids:
-            shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
-            log.warning(
-                "--init %s was trained with the labels of %d case(s) (%s) that %s. Pretrain with the same "
-                "labeled cases (`medcl pretrain ... --labeled`) to compare label budgets fairly",
-                source,
-                len(ids),
-                shown,
-                consequence[subset],
-            )
-    return ",".join(f"{subset}:{len(ids)}" for subset, ids in overlap.items() if ids)
+    found = {subset: sorted(ids) for subset, (ids, _) in overlap.items() if ids}
+    for subset, ids in found.items() if dist.is_main() else ():
+        shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+        log.warning(
+            "--init %s was trained with the labels of %d case(s) (%s) that %s. Train the --init run with this "
+            "run's --splits and --labeled to compare label budgets fairly",
+            source,
+            len(ids),
+            shown,
+            overlap[subset][1],
+        )
+    return ",".join(f"{subset}:{len(ids)}" for subset, ids in found.items())
 
 
 def load_resume(resume: str, output: str | Path) -> tuple[Path, dict[str, Any], Config]:

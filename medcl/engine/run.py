@@ -83,10 +83,10 @@ def train(
         )
     method.inference_network().check_spatial_shape(cfg.data.patch_size)  # e.g. SwinUNETR: multiples of 32
     splits = run_splits(cfg, info, method, extra)
-    init = InitSource(label_cases=(resume_state or {}).get("label_cases") or {})
+    init = InitSource(label_cases=(resume_state or {}).get("label_cases", {}))
     if cfg.init and resume_state is None:
         init = init_weights(method, cfg.init, cfg, modality=spec.modality)
-        overlap = check_init_labels(init, cfg.init, info, splits)
+        overlap = check_init_labels(init, cfg.init, info, splits, method)
         tags = {**(tags or {}), **({"medcl.init_label_overlap": overlap} if overlap else {})}
     # Every case this run reads passes the checks of `medcl data check` first (on every rank, so all stop).
     require_clean(

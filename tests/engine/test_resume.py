@@ -1,4 +1,4 @@
-"""``--init``: which checkpoint a run folder stands for, and the preprocessing check against the new run."""
+"""``--init``: which checkpoint a run folder stands for, and the preprocessing and label checks against the new run."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from medcl.engine.resume import check_init_preprocessing
+from medcl.data.cases import DatasetInfo
+from medcl.data.splits import Splits
+from medcl.engine.resume import InitSource, check_init_labels, check_init_preprocessing, label_cases
 from medcl.errors import ConfigError, MedclError
 from medcl.services.configs import build_config
 from medcl.tracking.mlflow_tracking import pick_checkpoint
@@ -50,3 +52,45 @@ def test_other_ct_window_warns_with_the_key(caplog: pytest.LogCaptureFixture) ->
     with caplog.at_level(logging.WARNING, logger="medcl.engine.resume"):
         check_init_preprocessing(_init("ct", ct_window=list(cfg.data.ct_window)), "RUN", cfg, "ct")
     assert caplog.text == ""
+
+
+class _Method:
+    def __init__(self, streams: dict[str, bool], validates: bool = True) -> None:
+        self.streams, self.validates = streams, validates
+
+
+def test_label_lineage_checks_every_subset_the_init_run_withheld(caplog: pytest.LogCaptureFixture) -> None:
+    info = DatasetInfo(Path("."), "ACDC", {0: "background", 1: "LV"}, {0: "MRI"}, [], [])
+    splits = Splits(labeled=["a"], unlabeled=["b", "c"], val=["v"], test=["t"])
+    seen = InitSource("run", {"ACDC": ["a", "b", "t", "v", "x"], "Other": ["c"]})
+    with caplog.at_level(logging.WARNING):
+        assert (
+            check_init_labels(seen, "RUN", info, splits, _Method({})) == "unlabeled:1,unlisted:1,val:1,test:1"
+        )
+    assert (
+        "labels of 1 case(s) (b) that this run treats as unlabeled, so the weights have seen more labeled"
+        in (caplog.text)
+    )
+    assert "(x) that this run's splits do not list" in caplog.text
+    assert "(v) that this run validates on" in caplog.text and "(t) that this run holds out" in caplog.text
+    # A method that never validates: its val cases are not scored. Another dataset's ids never match.
+    assert (
+        check_init_labels(seen, "RUN", info, splits, _Method({}, validates=False))
+        == "unlabeled:1,unlisted:1,test:1"
+    )
+    assert check_init_labels(InitSource("run", {"ACDC": ["a"]}), "RUN", info, splits, _Method({})) == ""
+    assert (
+        check_init_labels(InitSource("run", None), "RUN", info, splits, _Method({})) == ""
+    )  # older checkpoint
+
+
+def test_label_lineage_merges_the_labeled_streams_with_what_the_weights_had_seen() -> None:
+    info = DatasetInfo(Path("."), "ACDC", {0: "background", 1: "LV"}, {0: "MRI"}, [], [])
+    splits = Splits(labeled=["a"], unlabeled=["b"], val=["v"])
+    semi = _Method({"labeled": True, "unlabeled": False})
+    assert label_cases(info, semi, splits, {"ACDC": ["c"], "Other": ["z"]}) == {
+        "ACDC": ["a", "c"],
+        "Other": ["z"],
+    }
+    assert label_cases(info, semi, splits, None) == {"ACDC": ["a"]}
+    assert label_cases(info, _Method({"images": False}), splits) == {}  # label-free pretraining reads none

@@ -177,6 +177,9 @@ def test_pretrain_then_finetune_through_the_engine(
     with caplog.at_level(logging.WARNING, logger="medcl.engine.resume"):
         leaked = train(leak, progress=False)
     assert f"labels of 1 case(s) ({ids[0]}) that this run treats as unlabeled" in caplog.text
+    assert load_checkpoint(leaked.best_checkpoint)["label_cases"] == {
+        "ACDC": sorted(ids[:2])
+    }  # own + inherited
     uri = resolve_store(leak.tracking.uri, leak.output, create=False)[0]
     tags = mlflow.MlflowClient(uri).get_run(leaked.run_id).data.tags
     assert tags["medcl.init_label_overlap"] == "unlabeled:1"
