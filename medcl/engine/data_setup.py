@@ -130,13 +130,19 @@ def stream_case_ids(stream: str, splits: Splits) -> list[str]:
     raise ValueError(f"unknown data stream {stream!r}; known: labeled, unlabeled, images")
 
 
+def training_cases(method: Any, splits: Splits) -> dict[str, bool]:
+    """Every case a training stream reads -> whether some stream reads its label."""
+    cases: dict[str, bool] = {}
+    for stream, with_label in method.streams.items():
+        for case_id in stream_case_ids(stream, splits):
+            cases[case_id] = cases.get(case_id, False) or with_label
+    return cases
+
+
 def dataset_inputs(info: DatasetInfo, splits: Splits, method: Any) -> list[tuple[str, list[Path], int]]:
     """``(context, files, cases)`` of what the run reads: the training streams (labels where a stream reads
     them) and the validation cases, for MLflow dataset inputs with a digest of those files."""
-    train_cases: dict[str, bool] = {}
-    for stream, with_label in method.streams.items():
-        for case_id in stream_case_ids(stream, splits):
-            train_cases[case_id] = train_cases.get(case_id, False) or with_label
+    train_cases = training_cases(method, splits)
     files = [f for i, lab in train_cases.items() for f in case_files([info.case(i)], with_labels=lab)]
     if (info.root / "dataset.json").is_file():  # the label names and channels the run trained with
         files.append(info.root / "dataset.json")
@@ -165,14 +171,7 @@ def run_splits(cfg: Config, info: DatasetInfo, method: Any, extra: list[Path]) -
 
 def used_case_ids(method: Any, splits: Splits) -> list[str]:
     """Every case the run reads: its streams' cases, then the validation cases when it validates."""
-    return list(
-        dict.fromkeys(
-            [
-                *(i for s in method.streams for i in stream_case_ids(s, splits)),
-                *(splits.val if method.validates else []),
-            ]
-        )
-    )
+    return list(dict.fromkeys([*training_cases(method, splits), *(splits.val if method.validates else [])]))
 
 
 def build_samplers(

@@ -12,7 +12,7 @@ import torch
 from medcl.config import Config
 from medcl.data.cases import DatasetInfo
 from medcl.data.splits import Splits
-from medcl.engine.data_setup import stream_case_ids
+from medcl.engine.data_setup import training_cases
 from medcl.errors import ConfigError, MedclError
 from medcl.methods import validate_config
 from medcl.runtime import distributed as dist
@@ -132,12 +132,7 @@ def label_cases(
     passes them on to every run initialised from it.
     """
     merged = {name: set(ids) for name, ids in (inherited or {}).items()}
-    merged.setdefault(info.name, set()).update(
-        i
-        for stream, with_label in method.streams.items()
-        if with_label
-        for i in stream_case_ids(stream, splits)
-    )
+    merged.setdefault(info.name, set()).update(i for i, lab in training_cases(method, splits).items() if lab)
     return {name: sorted(ids) for name, ids in merged.items() if ids}
 
 
@@ -170,16 +165,17 @@ def check_init_labels(init: InitSource, source: str, info: DatasetInfo, splits: 
         "test": (seen & set(splits.test), "this run holds out as test cases: scores on them are optimistic"),
     }
     found = {subset: sorted(ids) for subset, (ids, _) in overlap.items() if ids}
-    for subset, ids in found.items() if dist.is_main() else ():
-        shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
-        log.warning(
-            "--init %s was trained with the labels of %d case(s) (%s) that %s. Train the --init run with this "
-            "run's --splits and --labeled to compare label budgets fairly",
-            source,
-            len(ids),
-            shown,
-            overlap[subset][1],
-        )
+    if dist.is_main():
+        for subset, ids in found.items():
+            shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+            log.warning(
+                "--init %s was trained with the labels of %d case(s) (%s) that %s. Train the --init run with this "
+                "run's --splits and --labeled to compare label budgets fairly",
+                source,
+                len(ids),
+                shown,
+                overlap[subset][1],
+            )
     return ",".join(f"{subset}:{len(ids)}" for subset, ids in found.items())
 
 

@@ -125,8 +125,18 @@ def train(
     status = "FAILED"
     try:
         batches = TrainBatches(samplers, seed=cfg.train.seed, rank=dist.rank())
-        trainer = Trainer(cfg, method, spec, batches, val_vols, run_dir, tracker=tracker, progress=progress)
-        trainer.label_cases = label_cases(info, method, splits, init.label_cases)
+        lineage = label_cases(info, method, splits, init.label_cases)
+        trainer = Trainer(
+            cfg,
+            method,
+            spec,
+            batches,
+            val_vols,
+            run_dir,
+            tracker=tracker,
+            progress=progress,
+            label_cases=lineage,
+        )
         # What "auto" chose here, and the schedule's step counts in steps (fractions of train.steps resolved).
         tracker.log_params({"train.precision_resolved": trainer.precision.name, **trainer.schedule_params})
         if resume_path is not None:

@@ -104,6 +104,7 @@ class Trainer:
         run_dir: Path,
         tracker: Any = None,
         progress: bool = True,
+        label_cases: dict[str, list[str]] | None = None,
     ) -> None:
         self.cfg = cfg
         self.spec = spec
@@ -144,9 +145,9 @@ class Trainer:
         self.best_step: int | None = None
         self.best_per_class: dict[str, dict[str, float]] = {}
         self.final_dice: float | None = None
-        #: Dataset name -> cases whose labels shaped the weights (set by the engine, see
-        #: :func:`medcl.engine.resume.label_cases`); a run started with ``--init`` from this one is checked against it.
-        self.label_cases: dict[str, list[str]] = {}
+        #: Dataset name -> cases whose labels shaped the weights (:func:`medcl.engine.resume.label_cases`),
+        #: saved in every checkpoint; a run started with ``--init`` from this one is checked against it.
+        self.label_cases = label_cases or {}
 
     # ---------------------------------------------------------------- checkpoints
     @property
